@@ -1,0 +1,407 @@
+"""DISCEDIT-SP as a Trainer callback: structured pruning of non-discriminative channels at epoch boundaries.
+
+Murti & Bhattacharyya, "DISCEDIT: Model Editing by Identifying Discriminative Components",
+NeurIPS 2024 (Sec. 4, DISCEDIT-SP). A channel whose class-conditional feature distributions are
+close in total variation for *every* class (low ``min_c TV-bound(P_c, Q_c)``) carries no class
+information and is removed; torch-pruning removes it physically from every coupled layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
+
+from lightning_edit.callbacks._common import (
+    InputsTargets,
+    default_inputs_targets,
+    device_batches,
+    evaluate_accuracy,
+    output_dir,
+    stage_loader,
+)
+from lightning_edit.discedit.moments import check_targets, collect_moments
+from lightning_edit.discedit.scores import get_witness, l1_norm_scores, pruning_scores, random_scores
+from lightning_edit.discedit.structured import (
+    PRUNING_KEY,
+    append_pruning_record,
+    apply_pruning,
+    build_dependency_graph,
+    channel_groups,
+    count_macs_params,
+    group_scores,
+    prunable_layers,
+    pruning_record,
+    replay_pruning,
+    select_channels,
+    target_width,
+)
+
+
+
+class DiscEditPruning(Callback):
+    """Prune the least discriminative channels of the model at the end of chosen training epochs.
+
+    At each pruning epoch: collect class-conditional moments of every prunable layer's channels over
+    ``calibration_batches`` batches (forward hooks, float64, summed across DDP ranks), turn them into
+    TV lower bounds with the chosen witness, score each channel by its worst class, remove the
+    lowest-scored channels with torch-pruning, and rebuild the optimizers so training continues on
+    the smaller model. Logs ``discedit/sparsity`` (fraction of prunable channels removed),
+    ``discedit/params``, ``discedit/macs``, ``discedit/acc_before`` and ``discedit/acc_after``; at the
+    end of fit prints a per-layer table and saves ``discedit_pruning.png`` in the log directory.
+
+    Args:
+        sparsity: final fraction to remove, in [0, 1): of each layer's channels (``sparsity_type="channels"``)
+            or of the model's parameters (``"parameters"``, reached by bisection on the channel fraction).
+        sparsity_type: ``"channels"`` or ``"parameters"``.
+        prune_epoch: prune at the end of this (0-based) training epoch.
+        end_epoch: if given, prune gradually at the end of every epoch from ``prune_epoch`` to ``end_epoch``
+            following ``schedule``; each step rescores the already pruned model.
+        schedule: ``"linear"`` or ``"cubic"`` (Zhu & Gupta 2018) sparsity ramp for gradual pruning.
+        witness: a name in :data:`lightning_edit.discedit.WITNESS_FUNCTIONS` (``"fisher"``: linear witness on
+            ``[s, s²]``, the default; ``"fisher_linear"``, ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
+        importance: ``"discedit"``, or a baseline on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``.
+        calibration_batches: batches used for the moments (None: the whole loader).
+        calibration_source: ``"train"`` or ``"val"`` loader of the running fit.
+        layers: ``fnmatch`` patterns of module names relative to the LightningModule (e.g.
+            ``["model.features.*"]``); default every Conv2d/Linear except the last (classifier). Layers
+            coupled to a selected one (residual streams) are pruned with it.
+        scope: ``"layer"`` (every layer loses the same fraction, as the authors' code) or ``"global"``
+            (one ranking of TV bounds across layers, same total).
+        min_channels: no layer goes below this width. If None, a layer that the sparsity would prune to
+            zero width is an error at setup.
+        evaluate: measure accuracy on the validation loader right before and after each prune.
+        inputs_targets: ``batch -> (inputs, class_indices)``; default handles ``(x, y, ...)`` and dict batches.
+        plot: save the plot at the end of fit.
+        seed: seed of the random baseline.
+
+    Raises:
+        ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
+            schedule or sparsity type, ``end_epoch < prune_epoch``, ``min_channels < 1``; at ``setup`` for a model
+            with no prunable layer, calibration targets that are not class indices (or exceed the model's
+            outputs), or a layer that would be pruned to zero width.
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=6, callbacks=[DiscEditPruning(sparsity=0.5, prune_epoch=2)])
+        trainer.fit(ClassifierModule(SmallCNN(1, 10)), datamodule=DigitsDataModule())
+
+    Missing classes: a class absent from the calibration batches is skipped with a warning (scores use the
+    classes present); fewer than two classes present is an error at prune time, before the model changes.
+    """
+
+    def __init__(
+        self,
+        sparsity: float = 0.5,
+        sparsity_type: Literal["channels", "parameters"] = "channels",
+        prune_epoch: int = 0,
+        end_epoch: int | None = None,
+        schedule: Literal["linear", "cubic"] = "linear",
+        witness: str = "fisher",
+        importance: Literal["discedit", "l1", "random"] = "discedit",
+        calibration_batches: int | None = 16,
+        calibration_source: Literal["train", "val"] = "train",
+        layers: list[str] | None = None,
+        scope: Literal["layer", "global"] = "layer",
+        min_channels: int | None = None,
+        evaluate: bool = True,
+        inputs_targets: InputsTargets | None = None,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
+        choices = {
+            "sparsity_type": (sparsity_type, ("channels", "parameters")),
+            "schedule": (schedule, ("linear", "cubic")),
+            "importance": (importance, ("discedit", "l1", "random")),
+            "scope": (scope, ("layer", "global")),
+            "calibration_source": (calibration_source, ("train", "val")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+        self.witness = get_witness(witness)
+        if prune_epoch < 0 or (end_epoch is not None and end_epoch < prune_epoch):
+            raise ValueError(f"Need 0 <= prune_epoch <= end_epoch, got prune_epoch={prune_epoch}, end_epoch={end_epoch}.")
+        if min_channels is not None and min_channels < 1:
+            raise ValueError(f"min_channels must be >= 1 (or None), got {min_channels}.")
+        if calibration_batches is not None and calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1 or None, got {calibration_batches}.")
+        self.sparsity, self.sparsity_type, self.schedule = sparsity, sparsity_type, schedule
+        self.prune_epochs = list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
+        self.witness_name, self.importance, self.scope = witness, importance, scope
+        self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
+        self.layer_patterns, self.min_channels = layers, min_channels
+        self.evaluate, self.plot, self.seed = evaluate, plot, seed
+        self._inputs_targets = inputs_targets or default_inputs_targets
+        self.events: list[dict[str, Any]] = []
+        self.curve: list[dict[str, float]] = []
+        self.original_widths: dict[str, int] = {}
+        self.layer_widths: dict[str, int] = {}
+        self.dense_macs_params: tuple[int, int] | None = None
+        self.num_classes: int | None = None
+        self.input_shape: list[int] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(sparsity=self.sparsity, epochs=tuple(self.prune_epochs), witness=self.witness_name)
+
+    def get_inputs_targets(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``batch -> (inputs, class_indices)``; override in a subclass for other batch structures."""
+        return self._inputs_targets(batch)
+
+    def step_sparsity(self, step: int) -> float:
+        """Target sparsity after pruning step ``step`` (0-based) of ``len(self.prune_epochs)``."""
+        frac = (step + 1) / len(self.prune_epochs)
+        if self.schedule == "cubic":
+            frac = 1.0 - (1.0 - frac) ** 3
+        return self.sparsity * frac
+
+    # ------------------------------------------------------------------ setup: validate early
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.ckpt_path:  # resume / evaluate a pruned checkpoint: shapes must match before weights load
+            replay_pruning(pl_module, trainer.strategy.load_checkpoint(trainer.ckpt_path).get(PRUNING_KEY))
+        if stage != "fit":
+            return
+        layers = prunable_layers(pl_module, self.layer_patterns)
+        self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
+        loader = stage_loader(trainer, self.calibration_source)
+        if loader is None:
+            raise ValueError(f"DiscEditPruning needs a {self.calibration_source} dataloader for calibration; none is defined.")
+        x, y = self.get_inputs_targets(next(iter(loader)))
+        check_targets(y)
+        x = x.to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            out = pl_module(x[:2])
+        pl_module.train(was_training)
+        if not isinstance(out, Tensor) or out.ndim != 2:
+            raise ValueError(f"DiscEditPruning needs a classifier returning (N, K) logits; got {getattr(out, 'shape', type(out))}.")
+        self.num_classes = out.shape[1]
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ValueError(
+                f"Calibration targets range over [{int(y.min())}, {int(y.max())}] but the model has {self.num_classes} "
+                "outputs; targets must be class indices in [0, K)."
+            )
+        self.input_shape = [1, *x.shape[1:]]
+        if self.sparsity_type == "channels" and self.min_channels is None:
+            zero = [n for n, w in self.layer_widths.items() if target_width(w, self.sparsity, None) < 1]
+            if zero:
+                raise ValueError(
+                    f"sparsity={self.sparsity} would prune layer(s) {zero} to zero width; "
+                    "lower the sparsity or set min_channels >= 1."
+                )
+
+    # ------------------------------------------------------------------ the edit
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch in self.prune_epochs:
+            self.prune(trainer, pl_module, self.step_sparsity(self.prune_epochs.index(epoch)))
+        params = sum(p.numel() for p in pl_module.parameters())
+        acc = trainer.callback_metrics.get("val_acc")
+        self.curve.append({"epoch": epoch, "params": params, "val_acc": float(acc) if acc is not None else math.nan})
+
+    def prune(self, trainer: L.Trainer, pl_module: L.LightningModule, sparsity: float) -> dict[str, Any]:
+        """Score, select and remove channels so that the model reaches ``sparsity``; returns the event record."""
+        device = pl_module.device
+        example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+        if self.dense_macs_params is None:
+            self.dense_macs_params = count_macs_params(pl_module, example)
+        val_loader = stage_loader(trainer, "val") if self.evaluate else None
+        acc_before = self._accuracy(pl_module, val_loader)
+
+        layers = prunable_layers(pl_module, self.layer_patterns)
+        dg = build_dependency_graph(pl_module, example)
+        groups = channel_groups(pl_module, dg, layers)
+        for g in groups:
+            self.original_widths.setdefault(g.root, g.width)
+        layer_scores = self._layer_scores(trainer, pl_module, layers)
+        scores = {g.root: group_scores(g, layer_scores) for g in groups}
+
+        def plan_for(channel_sparsity: float) -> dict[str, list[int]]:
+            widths = {g.root: target_width(self.original_widths[g.root], channel_sparsity, self.min_channels) for g in groups}
+            small = [g.root for g in groups if widths[g.root] < 1]
+            if small:
+                raise ValueError(f"Sparsity {channel_sparsity:.3f} would prune {small} to zero width; set min_channels >= 1.")
+            return select_channels(groups, scores, widths, self.scope, self.min_channels)
+
+        if self.sparsity_type == "channels":
+            plan = plan_for(sparsity)
+        else:
+            plan = plan_for(self._channel_sparsity_for_params(pl_module, example, groups, plan_for, sparsity))
+
+        history = apply_pruning(pl_module, dg, plan)
+        append_pruning_record(pl_module, self.input_shape, history)
+        self._rewire_training(trainer, pl_module)
+
+        macs, params = count_macs_params(pl_module, example)
+        removed = sum(len(v) for v in plan.values())
+        total_orig = sum(self.original_widths.values())
+        current = sum(g.width for g in groups) - removed
+        event = {
+            "epoch": trainer.current_epoch,
+            "target_sparsity": sparsity,
+            "sparsity": 1.0 - current / total_orig,
+            "removed": removed,
+            "params": params,
+            "macs": macs,
+            "acc_before": acc_before,
+            "acc_after": self._accuracy(pl_module, val_loader),
+        }
+        self.events.append(event)
+        pl_module.log_dict({f"discedit/{k}": float(event[k]) for k in ("sparsity", "params", "macs")})
+        if event["acc_before"] is not None:
+            pl_module.log_dict({"discedit/acc_before": event["acc_before"], "discedit/acc_after": event["acc_after"]})
+        rank_zero_info(
+            f"DISCEDIT-SP epoch {event['epoch']}: removed {removed} channels (sparsity {event['sparsity']:.1%}), "
+            f"params {params:,}, MACs {macs:,}"
+            + (f", val acc {acc_before:.4f} -> {event['acc_after']:.4f}" if acc_before is not None else "")
+        )
+        return event
+
+    def _layer_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict[str, nn.Module]) -> dict[str, Tensor]:
+        if self.importance == "l1":
+            return {n: l1_norm_scores(m) for n, m in layers.items()}
+        if self.importance == "random":
+            g = torch.Generator().manual_seed(self.seed + len(self.events))
+            return {n: random_scores(m.weight.shape[0], g) for n, m in layers.items()}
+        loader = stage_loader(trainer, self.calibration_source)
+        batches = device_batches(loader, self.get_inputs_targets, pl_module.device, self.calibration_batches)
+        moments = collect_moments(pl_module, layers, batches, self.num_classes, self.witness.feature)
+        for m in moments.values():
+            m.all_reduce(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        counts = next(iter(moments.values())).count
+        present = int((counts > 0).sum())
+        if present < 2:
+            raise ValueError(f"Calibration data holds {present} class(es); DISCEDIT needs at least 2 to score channels.")
+        if present < self.num_classes:
+            missing = (counts == 0).nonzero().flatten().tolist()
+            rank_zero_warn(f"DiscEditPruning: classes {missing} are absent from the calibration data; scoring on the rest.")
+        return {n: pruning_scores(m, self.witness) for n, m in moments.items()}
+
+    def _channel_sparsity_for_params(self, pl_module, example, groups, plan_for, target: float) -> float:
+        """Bisection on the channel fraction so that the pruned copy has ``(1 - target)`` of the dense parameters."""
+        dense = self.dense_macs_params[1]
+        lo, hi = 0.0, 1.0 - 1e-6
+        for _ in range(12):
+            mid = 0.5 * (lo + hi)
+            try:
+                plan = plan_for(mid)
+            except ValueError:
+                hi = mid
+                continue
+            clone = copy.deepcopy(pl_module)
+            apply_pruning(clone, build_dependency_graph(clone, example), plan)
+            kept = sum(p.numel() for p in clone.parameters()) / dense
+            lo, hi = (mid, hi) if kept > 1.0 - target else (lo, mid)
+        return lo
+
+    def _rewire_training(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Point DDP and the optimizers at the new parameter tensors."""
+        strategy = trainer.strategy
+        if isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = pl_module
+            strategy.configure_ddp()
+        if trainer.training:
+            strategy.setup_optimizers(trainer)
+
+    def _accuracy(self, pl_module: L.LightningModule, loader: Any) -> float | None:
+        if loader is None:
+            return None
+        acc = evaluate_accuracy(pl_module, loader, self.get_inputs_targets, self.num_classes, pl_module.device)
+        return float(acc)
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        record = pruning_record(pl_module)
+        if record is not None:
+            checkpoint[PRUNING_KEY] = record
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events, "curve": self.curve, "original_widths": self.original_widths,
+            "layer_widths": self.layer_widths, "dense_macs_params": self.dense_macs_params,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.events = list(state_dict.get("events", []))
+        self.curve = list(state_dict.get("curve", []))
+        self.original_widths = dict(state_dict.get("original_widths", {}))
+        self.layer_widths = dict(state_dict.get("layer_widths", {})) or self.layer_widths
+        dmp = state_dict.get("dense_macs_params")
+        self.dense_macs_params = tuple(dmp) if dmp is not None else None
+
+    # ------------------------------------------------------------------ report
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.events:
+            self._report(trainer, pl_module)
+
+    @rank_zero_only
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        modules = dict(pl_module.named_modules())
+        table = Table(title="DISCEDIT-SP: channels per layer")
+        for col in ("layer", "before", "after", "kept"):
+            table.add_column(col, justify="left" if col == "layer" else "right")
+        for name, before in self.layer_widths.items():
+            after = modules[name].weight.shape[0] if name in modules else 0
+            table.add_row(name, str(before), str(after), f"{after / before:.0%}")
+        summary = Table(title="DISCEDIT-SP: model before / after")
+        for col in ("", "before", "after", "ratio"):
+            summary.add_column(col, justify="right")
+        dense_macs, dense_params = self.dense_macs_params
+        last = self.events[-1]
+        summary.add_row("params", f"{dense_params:,}", f"{last['params']:,}", f"{last['params'] / dense_params:.3f}")
+        summary.add_row("MACs", f"{dense_macs:,}", f"{last['macs']:,}", f"{last['macs'] / dense_macs:.3f}")
+        first = self.events[0]
+        if first["acc_before"] is not None:
+            summary.add_row("val acc (at prune)", f"{first['acc_before']:.4f}", f"{last['acc_after']:.4f}", "")
+        final_acc = trainer.callback_metrics.get("val_acc")
+        if final_acc is not None:
+            summary.add_row("val acc (end of fit)", "", f"{float(final_acc):.4f}", "")
+        console = Console()
+        console.print(table)
+        console.print(summary)
+        if self.plot:
+            self._plot(trainer)
+
+    def _plot(self, trainer: L.Trainer) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [c["epoch"] for c in self.curve]
+        fig, ax1 = plt.subplots(figsize=(6, 3.5))
+        ax1.plot(epochs, [c["val_acc"] for c in self.curve], "o-", color="tab:blue", label="val accuracy")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("validation accuracy", color="tab:blue")
+        ax2 = ax1.twinx()
+        ax2.plot(epochs, [c["params"] for c in self.curve], "s--", color="tab:red", label="parameters")
+        ax2.set_ylabel("parameters", color="tab:red")
+        for e in self.events:
+            ax1.axvline(e["epoch"], color="grey", alpha=0.3)
+        ax1.set_title(f"DISCEDIT-SP ({self.witness_name}, sparsity {self.sparsity:.0%})")
+        fig.tight_layout()
+        path = output_dir(trainer) / "discedit_pruning.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        rank_zero_info(f"DISCEDIT-SP plot saved to {path}")

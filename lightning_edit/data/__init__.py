@@ -1,0 +1,15 @@
+"""Real datasets as LightningDataModules: sklearn digits, (Fashion-)MNIST IDX files, CIFAR-10 python batches."""
+
+from lightning_edit.data.base import TensorDataModule
+from lightning_edit.data.cifar import CIFAR10DataModule
+from lightning_edit.data.digits import DigitsDataModule
+from lightning_edit.data.idx import FashionMNISTDataModule, MNISTDataModule, read_idx
+
+__all__ = [
+    "TensorDataModule",
+    "DigitsDataModule",
+    "MNISTDataModule",
+    "FashionMNISTDataModule",
+    "CIFAR10DataModule",
+    "read_idx",
+]

@@ -1,0 +1,51 @@
+"""DISCEDIT (Murti & Bhattacharyya, NeurIPS 2024): discriminative components from witness-function TV bounds.
+
+Pipeline, each step a small pure-torch function: moments (:mod:`.moments`) -> witness bound
+(:mod:`.witness`) -> score (:mod:`.scores`) -> selection and removal (:mod:`.structured`).
+No Lightning import here; the callbacks in :mod:`lightning_edit.callbacks` are thin glue.
+"""
+
+from lightning_edit.discedit.moments import (
+    ClassConditionalMoments,
+    check_targets,
+    collect_moments,
+    component_features,
+    record_moments,
+)
+from lightning_edit.discedit.scores import (
+    WITNESS_FUNCTIONS,
+    Witness,
+    class_vs_rest_bounds,
+    get_witness,
+    l1_norm_scores,
+    pruning_scores,
+    random_scores,
+    unlearning_scores,
+)
+from lightning_edit.discedit.structured import (
+    PRUNING_KEY,
+    ChannelGroup,
+    apply_pruning,
+    build_dependency_graph,
+    channel_groups,
+    count_macs_params,
+    group_scores,
+    prunable_layers,
+    replay_pruning,
+    select_channels,
+)
+from lightning_edit.discedit.witness import (
+    fisher_bound,
+    generic_witness_bound,
+    mpm_bound,
+    regularise_covariance,
+    robust_fisher_bound,
+)
+
+__all__ = [
+    "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
+    "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
+    "random_scores", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
+    "channel_groups", "count_macs_params", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
+    "fisher_bound", "generic_witness_bound", "mpm_bound", "regularise_covariance", "robust_fisher_bound",
+]

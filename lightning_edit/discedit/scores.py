@@ -1,0 +1,87 @@
+"""Component scores: DISCEDIT-SP / DISCEDIT-U scores from TV bounds, and the L1-norm and random baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from lightning_edit.discedit.moments import ClassConditionalMoments, FeatureKind
+from lightning_edit.discedit.witness import fisher_bound, generic_witness_bound, mpm_bound, robust_fisher_bound
+
+
+class Witness(NamedTuple):
+    """A witness choice: which per-component feature is collected and which bound turns moments into a score."""
+
+    feature: FeatureKind
+    bound: Callable[..., Tensor]
+    uses_covariance: bool = True
+
+
+WITNESS_FUNCTIONS: dict[str, Witness] = {
+    "fisher": Witness("quadratic", fisher_bound),
+    "fisher_linear": Witness("linear", fisher_bound),
+    "robust_fisher": Witness("quadratic", robust_fisher_bound),
+    "mpm": Witness("quadratic", mpm_bound),
+    "exp_norm": Witness("exp_norm", generic_witness_bound, uses_covariance=False),
+}
+
+
+def get_witness(name: str) -> Witness:
+    """Look up a witness by name.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones).
+    """
+    if name not in WITNESS_FUNCTIONS:
+        raise ValueError(f"Unknown witness {name!r}; choose one of {sorted(WITNESS_FUNCTIONS)}.")
+    return WITNESS_FUNCTIONS[name]
+
+
+def class_vs_rest_bounds(moments: ClassConditionalMoments, witness: str | Witness = "fisher") -> Tensor:
+    """TV lower bound between P_c (class c) and Q_c (all other classes) for every class and component.
+
+    Returns:
+        ``(K, C)`` bounds in [0, 1]; NaN in rows of classes absent from the data (or with no rest).
+    """
+    w = get_witness(witness) if isinstance(witness, str) else witness
+    mean_p, cov_p, mean_q, cov_q = moments.one_vs_rest()
+    if w.uses_covariance:
+        bounds = w.bound(mean_p, cov_p, mean_q, cov_q)
+    else:
+        second = lambda m, c: (c + m.unsqueeze(-1) * m.unsqueeze(-2))[..., 0, 0]  # noqa: E731
+        bounds = w.bound(mean_p[..., 0], second(mean_p, cov_p), mean_q[..., 0], second(mean_q, cov_q))
+    rest = moments.count.sum() - moments.count
+    valid = (moments.count > 0) & (rest > 0)
+    return torch.where(valid[:, None], bounds, torch.nan)
+
+
+def pruning_scores(moments: ClassConditionalMoments, witness: str | Witness = "fisher") -> Tensor:
+    """DISCEDIT-SP score ``r_j = min_c TV-bound(P_c, Q_c)`` over the classes present; low = prunable.
+
+    Returns:
+        ``(C,)`` float64.
+    """
+    bounds = class_vs_rest_bounds(moments, witness)
+    return torch.where(bounds.isnan(), torch.inf, bounds).amin(0)
+
+
+def unlearning_scores(moments: ClassConditionalMoments, forget_class: int, witness: str | Witness = "fisher") -> Tensor:
+    """DISCEDIT-U score ``r_j = TV-bound(P_c, Q_c)`` for the forget class ``c``; high = mask it.
+
+    Returns:
+        ``(C,)`` float64; NaN if class ``c`` has no sample.
+    """
+    return class_vs_rest_bounds(moments, witness)[forget_class]
+
+
+def l1_norm_scores(module: nn.Module) -> Tensor:
+    """L1 norm of each output filter / neuron's weights (Li et al. 2017 baseline). Shape ``(C_out,)``."""
+    return module.weight.detach().abs().flatten(1).sum(1).to(torch.float64)
+
+
+def random_scores(num_components: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform random scores, shape ``(num_components,)`` (the random-selection baseline)."""
+    return torch.rand(num_components, generator=generator, dtype=torch.float64)

@@ -1,0 +1,122 @@
+"""``ClassifierModule``: a LightningModule around any ``nn.Module`` classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_edit.discedit.structured import PRUNING_KEY, replay_pruning
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classification of ``(x, y)`` batches with torchmetrics accuracy.
+
+    Logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``
+    (top-1, micro-averaged) and, with ``per_class_accuracy``, ``val_acc_class/<c>`` and
+    ``test_acc_class/<c>``. Subclass it for your own model (override ``__init__`` to build
+    ``self.model``) or give ``model`` by class path in YAML.
+
+    A checkpoint of a model pruned by :class:`~lightning_edit.callbacks.DiscEditPruning` reloads:
+    ``on_load_checkpoint`` replays the pruning record before the weights load.
+
+    Args:
+        model: the classifier, ``(N, ...) -> (N, num_classes)`` logits.
+        num_classes: number of classes K.
+        optimizer: a callable ``params -> Optimizer`` (LightningCLI: ``optimizer:`` in YAML). Default Adam(lr=1e-3).
+        lr_scheduler: optional callable ``optimizer -> LRScheduler``.
+        per_class_accuracy: also log per-class accuracy on validation and test.
+
+    Raises:
+        ValueError: if ``num_classes < 2``.
+
+    Example::
+
+        module = ClassifierModule(SmallCNN(1, 10), num_classes=10)
+        trainer = L.Trainer(max_epochs=5, callbacks=[DiscEditPruning(sparsity=0.5, prune_epoch=2)])
+        trainer.fit(module, datamodule=DigitsDataModule())
+        # reload: ClassifierModule.load_from_checkpoint(path, model=SmallCNN(1, 10))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        per_class_accuracy: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        given = _given_hyperparameters.get()  # set by LightningCLI: the model is a config there, not an object
+        self.save_hyperparameters(ignore=None if given and "model" in given else ["model"])
+        self.model = model
+        self.num_classes = num_classes
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.per_class_accuracy = per_class_accuracy
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        if per_class_accuracy:
+            self.val_acc_class = MulticlassAccuracy(num_classes, average=None)
+            self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}_loss", F.cross_entropy(logits, y), prog_bar=True)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits, y)
+        self.log(f"{stage}_acc", acc, prog_bar=True)
+        if self.per_class_accuracy:
+            getattr(self, f"{stage}_acc_class").update(logits, y)
+
+    def _log_per_class(self, stage: str) -> None:
+        if self.per_class_accuracy:
+            metric = getattr(self, f"{stage}_acc_class")
+            self.log_dict({f"{stage}_acc_class/{c}": v for c, v in enumerate(metric.compute())})
+            metric.reset()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_per_class("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_per_class("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        replay_pruning(self, checkpoint.get(PRUNING_KEY))
