@@ -12,7 +12,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_edit.discedit.structured import PRUNING_KEY, replay_pruning
+from lightning_edit.discedit.structured import enable_pruning_reload
 
 
 class ClassifierModule(L.LightningModule):
@@ -23,8 +23,9 @@ class ClassifierModule(L.LightningModule):
     ``test_acc_class/<c>``. Subclass it for your own model (override ``__init__`` to build
     ``self.model``) or give ``model`` by class path in YAML.
 
-    A checkpoint of a model pruned by :class:`~lightning_edit.callbacks.DiscEditPruning` reloads:
-    ``on_load_checkpoint`` replays the pruning record before the weights load.
+    A checkpoint of a model pruned by :class:`~lightning_edit.callbacks.DiscEditPruning` reloads into a
+    fresh module: the state dict carries the pruning record, replayed before the weights load
+    (:func:`lightning_edit.discedit.enable_pruning_reload`).
 
     Args:
         model: the classifier, ``(N, ...) -> (N, num_classes)`` logits.
@@ -56,7 +57,7 @@ class ClassifierModule(L.LightningModule):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
         given = _given_hyperparameters.get()  # set by LightningCLI: the model is a config there, not an object
-        self.save_hyperparameters(ignore=None if given and "model" in given else ["model"])
+        self.save_hyperparameters(ignore=None if given and "model" in given else ["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
@@ -67,6 +68,7 @@ class ClassifierModule(L.LightningModule):
         if per_class_accuracy:
             self.val_acc_class = MulticlassAccuracy(num_classes, average=None)
             self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
+        enable_pruning_reload(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -117,6 +119,3 @@ class ClassifierModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        replay_pruning(self, checkpoint.get(PRUNING_KEY))

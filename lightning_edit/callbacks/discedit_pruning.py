@@ -8,15 +8,15 @@ information and is removed; torch-pruning removes it physically from every coupl
 
 from __future__ import annotations
 
-import copy
 import math
+import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
@@ -28,22 +28,10 @@ from lightning_edit.callbacks._common import (
     output_dir,
     stage_loader,
 )
-from lightning_edit.discedit.moments import check_targets, collect_moments
-from lightning_edit.discedit.scores import get_witness, l1_norm_scores, pruning_scores, random_scores
-from lightning_edit.discedit.structured import (
-    PRUNING_KEY,
-    append_pruning_record,
-    apply_pruning,
-    build_dependency_graph,
-    channel_groups,
-    count_macs_params,
-    group_scores,
-    prunable_layers,
-    pruning_record,
-    replay_pruning,
-    select_channels,
-    target_width,
-)
+from lightning_edit.discedit.moments import check_targets
+from lightning_edit.discedit.prune import channel_scores, prune_channels
+from lightning_edit.discedit.scores import get_witness
+from lightning_edit.discedit.structured import count_macs_params, enable_pruning_reload, prunable_layers, target_width
 
 
 
@@ -169,8 +157,7 @@ class DiscEditPruning(Callback):
     # ------------------------------------------------------------------ setup: validate early
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.ckpt_path:  # resume / evaluate a pruned checkpoint: shapes must match before weights load
-            replay_pruning(pl_module, trainer.strategy.load_checkpoint(trainer.ckpt_path).get(PRUNING_KEY))
+        enable_pruning_reload(pl_module)  # a resumed checkpoint's pruning is replayed before its weights load
         if stage != "fit":
             return
         layers = prunable_layers(pl_module, self.layer_patterns)
@@ -223,37 +210,31 @@ class DiscEditPruning(Callback):
         acc_before = self._accuracy(pl_module, val_loader)
 
         layers = prunable_layers(pl_module, self.layer_patterns)
-        dg = build_dependency_graph(pl_module, example)
-        groups = channel_groups(pl_module, dg, layers)
-        for g in groups:
-            self.original_widths.setdefault(g.root, g.width)
-        layer_scores = self._layer_scores(trainer, pl_module, layers)
-        scores = {g.root: group_scores(g, layer_scores) for g in groups}
-
-        def plan_for(channel_sparsity: float) -> dict[str, list[int]]:
-            widths = {g.root: target_width(self.original_widths[g.root], channel_sparsity, self.min_channels) for g in groups}
-            small = [g.root for g in groups if widths[g.root] < 1]
-            if small:
-                raise ValueError(f"Sparsity {channel_sparsity:.3f} would prune {small} to zero width; set min_channels >= 1.")
-            return select_channels(groups, scores, widths, self.scope, self.min_channels)
-
-        if self.sparsity_type == "channels":
-            plan = plan_for(sparsity)
-        else:
-            plan = plan_for(self._channel_sparsity_for_params(pl_module, example, groups, plan_for, sparsity))
-
-        history = apply_pruning(pl_module, dg, plan)
-        append_pruning_record(pl_module, self.input_shape, history)
+        batches = None
+        if self.importance == "discedit":
+            loader = stage_loader(trainer, self.calibration_source)
+            batches = device_batches(loader, self.get_inputs_targets, device, self.calibration_batches)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = channel_scores(
+                pl_module, layers, self.importance, batches, self.num_classes, self.witness_name,
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+                generator=torch.Generator().manual_seed(self.seed + len(self.events)),
+            )
+        for w in caught:
+            rank_zero_warn(f"DiscEditPruning: {w.message}")
+        result = prune_channels(
+            pl_module, example, scores, sparsity, layers, self.sparsity_type, self.scope, self.min_channels,
+            self.original_widths, self.dense_macs_params[1],
+        )
         self._rewire_training(trainer, pl_module)
 
         macs, params = count_macs_params(pl_module, example)
-        removed = sum(len(v) for v in plan.values())
-        total_orig = sum(self.original_widths.values())
-        current = sum(g.width for g in groups) - removed
+        removed = result.removed
         event = {
             "epoch": trainer.current_epoch,
             "target_sparsity": sparsity,
-            "sparsity": 1.0 - current / total_orig,
+            "sparsity": result.sparsity,
             "removed": removed,
             "params": params,
             "macs": macs,
@@ -271,43 +252,6 @@ class DiscEditPruning(Callback):
         )
         return event
 
-    def _layer_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict[str, nn.Module]) -> dict[str, Tensor]:
-        if self.importance == "l1":
-            return {n: l1_norm_scores(m) for n, m in layers.items()}
-        if self.importance == "random":
-            g = torch.Generator().manual_seed(self.seed + len(self.events))
-            return {n: random_scores(m.weight.shape[0], g) for n, m in layers.items()}
-        loader = stage_loader(trainer, self.calibration_source)
-        batches = device_batches(loader, self.get_inputs_targets, pl_module.device, self.calibration_batches)
-        moments = collect_moments(pl_module, layers, batches, self.num_classes, self.witness.feature)
-        for m in moments.values():
-            m.all_reduce(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
-        counts = next(iter(moments.values())).count
-        present = int((counts > 0).sum())
-        if present < 2:
-            raise ValueError(f"Calibration data holds {present} class(es); DISCEDIT needs at least 2 to score channels.")
-        if present < self.num_classes:
-            missing = (counts == 0).nonzero().flatten().tolist()
-            rank_zero_warn(f"DiscEditPruning: classes {missing} are absent from the calibration data; scoring on the rest.")
-        return {n: pruning_scores(m, self.witness) for n, m in moments.items()}
-
-    def _channel_sparsity_for_params(self, pl_module, example, groups, plan_for, target: float) -> float:
-        """Bisection on the channel fraction so that the pruned copy has ``(1 - target)`` of the dense parameters."""
-        dense = self.dense_macs_params[1]
-        lo, hi = 0.0, 1.0 - 1e-6
-        for _ in range(12):
-            mid = 0.5 * (lo + hi)
-            try:
-                plan = plan_for(mid)
-            except ValueError:
-                hi = mid
-                continue
-            clone = copy.deepcopy(pl_module)
-            apply_pruning(clone, build_dependency_graph(clone, example), plan)
-            kept = sum(p.numel() for p in clone.parameters()) / dense
-            lo, hi = (mid, hi) if kept > 1.0 - target else (lo, mid)
-        return lo
-
     def _rewire_training(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Point DDP and the optimizers at the new parameter tensors."""
         strategy = trainer.strategy
@@ -315,7 +259,14 @@ class DiscEditPruning(Callback):
             strategy.model = pl_module
             strategy.configure_ddp()
         if trainer.training:
+            # Optimizer state (momenta) is per-tensor and cannot survive new shapes; scheduler progress can.
+            schedules = [cfg.scheduler.state_dict() for cfg in strategy.lr_scheduler_configs]
             strategy.setup_optimizers(trainer)
+            if len(schedules) == len(strategy.lr_scheduler_configs):
+                for cfg, state in zip(strategy.lr_scheduler_configs, schedules):
+                    cfg.scheduler.load_state_dict(state)
+                    for group, lr in zip(cfg.scheduler.optimizer.param_groups, cfg.scheduler.get_last_lr()):
+                        group["lr"] = lr
 
     def _accuracy(self, pl_module: L.LightningModule, loader: Any) -> float | None:
         if loader is None:
@@ -324,12 +275,6 @@ class DiscEditPruning(Callback):
         return float(acc)
 
     # ------------------------------------------------------------------ checkpoints
-    @override
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        record = pruning_record(pl_module)
-        if record is not None:
-            checkpoint[PRUNING_KEY] = record
-
     @override
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from lightning_edit.discedit.moments import (
     component_features,
     record_moments,
 )
+from lightning_edit.discedit.prune import PruneResult, channel_scores, prune_channels
 from lightning_edit.discedit.scores import (
     WITNESS_FUNCTIONS,
     Witness,
@@ -29,6 +30,7 @@ from lightning_edit.discedit.structured import (
     build_dependency_graph,
     channel_groups,
     count_macs_params,
+    enable_pruning_reload,
     group_scores,
     prunable_layers,
     replay_pruning,
@@ -43,9 +45,10 @@ from lightning_edit.discedit.witness import (
 )
 
 __all__ = [
+    "PruneResult", "channel_scores", "prune_channels",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
     "random_scores", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
-    "channel_groups", "count_macs_params", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
+    "channel_groups", "count_macs_params", "enable_pruning_reload", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
     "fisher_bound", "generic_witness_bound", "mpm_bound", "regularise_covariance", "robust_fisher_bound",
 ]

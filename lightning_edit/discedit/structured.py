@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 PRUNING_KEY = "lightning_edit_pruning"
-"""Key of the pruning record in a Lightning checkpoint and attribute name on the pruned module."""
+"""State-dict key of the pruning record (a uint8 tensor of JSON) and attribute name on the pruned module."""
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -185,9 +186,8 @@ def append_pruning_record(model: nn.Module, input_shape: Sequence[int], history:
 def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     """Apply a saved pruning record to a model of the original architecture, idempotently.
 
-    Call it before loading a pruned state dict (a LightningModule's ``on_load_checkpoint``:
-    ``replay_pruning(self, checkpoint.get(PRUNING_KEY))``). Operations already applied to ``model``
-    (a prefix of the record) are skipped.
+    :func:`enable_pruning_reload` calls it automatically before a pruned state dict loads. Operations
+    already applied to ``model`` (a prefix of the record) are skipped.
 
     Returns:
         True if anything was removed.
@@ -208,6 +208,40 @@ def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     dg.load_pruning_history([list(h) for h in todo])
     append_pruning_record(model, record["input_shape"], [list(h) for h in todo])
     return True
+
+
+def enable_pruning_reload(model: nn.Module) -> nn.Module:
+    """Make ``model``'s state dict carry its pruning record, and its ``load_state_dict`` replay it first.
+
+    After this, ``model.state_dict()`` holds ``PRUNING_KEY`` (a uint8 tensor of JSON, safe for
+    ``torch.load(weights_only=True)``) once the model is pruned, and loading such a state dict into a
+    fresh model of the original architecture prunes it to the saved shapes before the weights load.
+    This covers every load path: ``LightningModule.load_from_checkpoint``, ``Trainer.fit(ckpt_path=...)``,
+    ``ddp_spawn``'s return of weights to the main process and plain ``load_state_dict``.
+    :class:`~lightning_edit.ClassifierModule` calls it in ``__init__``; call it in your own module's ``__init__``.
+    Idempotent.
+
+    Returns:
+        ``model``.
+    """
+    if getattr(model, "_lightning_edit_reload_hooks", False):
+        return model
+    model.register_state_dict_post_hook(_save_record_hook)
+    model.register_load_state_dict_pre_hook(_load_record_hook)
+    model._lightning_edit_reload_hooks = True
+    return model
+
+
+def _save_record_hook(module: nn.Module, state_dict: dict, prefix: str, _meta: Any) -> None:
+    record = pruning_record(module)
+    if record is not None:
+        state_dict[prefix + PRUNING_KEY] = torch.frombuffer(bytearray(json.dumps(record).encode()), dtype=torch.uint8)
+
+
+def _load_record_hook(module: nn.Module, state_dict: dict, prefix: str, *_args: Any) -> None:
+    blob = state_dict.pop(prefix + PRUNING_KEY, None)
+    if blob is not None:
+        replay_pruning(module, json.loads(bytes(blob.cpu().tolist()).decode()))
 
 
 def _plain(v: Any) -> Any:

@@ -1,0 +1,47 @@
+"""DDP on CPU (ddp_spawn, 2 processes, gloo) selects the same channels as one process on the same data,
+and training goes on after the prune (DDP re-wrapped around the smaller model)."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lightning_edit import ClassifierModule
+from lightning_edit.callbacks import DiscEditPruning
+from lightning_edit.data import DigitsDataModule
+from lightning_edit.discedit.structured import pruning_record
+
+
+def net() -> nn.Module:
+    # No BatchNorm: running statistics would differ between shards and make the runs incomparable.
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10),
+    )
+
+
+def run(tmp_path, strategy: str, devices: int) -> list:
+    module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, calibration_batches=None, calibration_source="val",
+                         plot=False, evaluate=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, limit_train_batches=2, callbacks=[cb],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=45))
+    return pruning_record(module)["history"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path):
+    single = run(tmp_path / "single", "auto", 1)
+    ddp = run(tmp_path / "ddp", "ddp_spawn", 2)
+    assert len(single) == 3
+    assert [[n, o, sorted(i)] for n, o, i in ddp] == [[n, o, sorted(i)] for n, o, i in single]

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_edit import ClassifierModule
+from lightning_edit.data import DigitsDataModule
+from lightning_edit.models import SmallCNN
+
+
+@pytest.fixture
+def digits() -> DigitsDataModule:
+    return DigitsDataModule(batch_size=64)
+
+
+def make_module(model: torch.nn.Module | None = None, lr: float = 3e-3) -> ClassifierModule:
+    return ClassifierModule(model or SmallCNN(1, 10, widths=(16, 32), hidden=32), num_classes=10,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+
+
+def make_trainer(tmp_path, callbacks=(), max_epochs: int = 2, **kw) -> L.Trainer:
+    defaults = dict(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kw)
+    return L.Trainer(callbacks=list(callbacks), **defaults)
