@@ -25,6 +25,7 @@ def shrink(name: str, tmp_path: Path, **data_args) -> Path:
     cfg.trainer.accelerator = "cpu"
     cfg.trainer.enable_progress_bar = False
     cfg.trainer.callbacks[0].init_args.prune_epoch = 0
+    cfg.trainer.callbacks[0].init_args.end_epoch = None
     cfg.trainer.callbacks[0].init_args.calibration_batches = 2
     for k, v in data_args.items():
         cfg.data.init_args[k] = v

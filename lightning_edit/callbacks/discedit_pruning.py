@@ -342,8 +342,11 @@ class DiscEditPruning(Callback):
         ax2 = ax1.twinx()
         ax2.plot(epochs, [c["params"] for c in self.curve], "s--", color="tab:red", label="parameters")
         ax2.set_ylabel("parameters", color="tab:red")
-        for e in self.events:
+        for i, e in enumerate(self.events):
             ax1.axvline(e["epoch"], color="grey", alpha=0.3)
+            if e["acc_after"] is not None:
+                ax1.plot(e["epoch"], e["acc_after"], "x", color="tab:blue", ms=9, label="right after prune" if i == 0 else None)
+        ax1.legend(loc="lower left", fontsize=8)
         ax1.set_title(f"DISCEDIT-SP ({self.witness_name}, sparsity {self.sparsity:.0%})")
         fig.tight_layout()
         path = output_dir(trainer) / "discedit_pruning.png"

@@ -32,16 +32,17 @@ def component_features(output: Tensor, kind: FeatureKind = "quadratic") -> Tenso
 
     Shapes: ``output (N, C, ...)`` for convs or ``(N, ..., C)`` for linears -> ``(N, C, d)`` float64.
     """
-    out = output.detach().to(torch.float64)
+    out = output.detach()
     if out.ndim == 2:
         flat = out.unsqueeze(-1)  # (N, C, 1)
     elif out.ndim == 4:
         flat = out.flatten(2)  # conv (N, C, H*W)
     else:
         flat = out.flatten(1, -2).transpose(1, 2)  # (N, T, C) -> (N, C, T)
+    # Reduce over positions in the layer's precision (one pass), then move the (N, C) summary to float64.
     if kind == "exp_norm":
-        return torch.exp(-flat.pow(2).mean(-1).sqrt()).unsqueeze(-1)
-    s = flat.mean(-1)
+        return torch.exp(-flat.float().pow(2).mean(-1).sqrt().double()).unsqueeze(-1)
+    s = flat.float().mean(-1).double()
     if kind == "linear":
         return s.unsqueeze(-1)
     if kind == "quadratic":
@@ -81,8 +82,10 @@ class ClassConditionalMoments:
         """Add a batch: ``z (N, C, d)``, ``y (N,)`` integer class indices in ``[0, K)``. No host sync."""
         onehot = torch.nn.functional.one_hot(y, self.num_classes).to(z.dtype)  # (N, K)
         self.count += onehot.sum(0)
-        self.sum += torch.einsum("nk,ncd->kcd", onehot, z)
-        self.sum_outer += torch.einsum("nk,ncd,nce->kcde", onehot, z, z)
+        n, c, d = z.shape
+        self.sum += (onehot.T @ z.reshape(n, c * d)).view(-1, c, d)
+        outer = (z.unsqueeze(-1) * z.unsqueeze(-2)).reshape(n, c * d * d)
+        self.sum_outer += (onehot.T @ outer).view(-1, c, d, d)
 
     def all_reduce(self, reduce_sum: Callable[[Tensor], Tensor]) -> None:
         """Replace the sums by ``reduce_sum`` of them (e.g. a DDP all-reduce with op sum)."""

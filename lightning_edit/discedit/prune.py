@@ -34,11 +34,13 @@ def channel_scores(
     witness: str = "fisher",
     reduce_sum: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
+    class_reduction: Literal["min", "max", "mean"] = "min",
 ) -> dict[str, Tensor]:
     """Per-channel scores of each layer (low = remove first).
 
     ``"discedit"``: ``min_c`` TV bound between class c and the rest over calibration ``batches`` of
-    ``(x, y)`` on the model's device (moments summed by ``reduce_sum`` across DDP ranks when given);
+    ``(x, y)`` on the model's device (moments summed by ``reduce_sum`` across DDP ranks when given;
+    ``class_reduction`` as in :func:`pruning_scores`);
     ``"l1"``: filter L1 norm; ``"random"``: uniform.
 
     Returns:
@@ -70,7 +72,7 @@ def channel_scores(
     if present < num_classes:
         missing = (counts == 0).nonzero().flatten().tolist()
         warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
-    return {n: pruning_scores(m, w) for n, m in moments.items()}
+    return {n: pruning_scores(m, w, class_reduction) for n, m in moments.items()}
 
 
 @dataclass

@@ -58,14 +58,29 @@ def class_vs_rest_bounds(moments: ClassConditionalMoments, witness: str | Witnes
     return torch.where(valid[:, None], bounds, torch.nan)
 
 
-def pruning_scores(moments: ClassConditionalMoments, witness: str | Witness = "fisher") -> Tensor:
+def pruning_scores(
+    moments: ClassConditionalMoments, witness: str | Witness = "fisher", reduction: str = "min"
+) -> Tensor:
     """DISCEDIT-SP score ``r_j = min_c TV-bound(P_c, Q_c)`` over the classes present; low = prunable.
+
+    ``reduction="min"`` is the paper's and the authors' code's rule (a channel's worst class).
+    ``"max"`` (a channel is kept if it separates *any* one class from the rest) and ``"mean"`` are
+    offered for comparison; see the benchmark in the README.
 
     Returns:
         ``(C,)`` float64.
+
+    Raises:
+        ValueError: for an unknown reduction.
     """
     bounds = class_vs_rest_bounds(moments, witness)
-    return torch.where(bounds.isnan(), torch.inf, bounds).amin(0)
+    if reduction == "min":
+        return torch.where(bounds.isnan(), torch.inf, bounds).amin(0)
+    if reduction == "max":
+        return torch.where(bounds.isnan(), -torch.inf, bounds).amax(0)
+    if reduction == "mean":
+        return bounds.nanmean(0)
+    raise ValueError(f"reduction must be 'min', 'max' or 'mean', got {reduction!r}.")
 
 
 def unlearning_scores(moments: ClassConditionalMoments, forget_class: int, witness: str | Witness = "fisher") -> Tensor:

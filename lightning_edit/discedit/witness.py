@@ -67,7 +67,7 @@ def fisher_bound(mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, s
 
 def robust_fisher_bound(
     mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, rho: float = 0.05, r: float = 0.05,
-    shrinkage: float = 1e-4, iterations: int = 100,
+    shrinkage: float = 1e-4, iterations: int = 64,
 ) -> Tensor:
     """Robust Fisher bound (Kim, Magnani & Boyd 2006 robust FDA; the DISCEDIT code's "robust" witness).
 
@@ -108,7 +108,7 @@ def robust_fisher_bound(
 
 
 def mpm_bound(
-    mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, shrinkage: float = 1e-4, iterations: int = 100
+    mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, shrinkage: float = 1e-4, iterations: int = 64
 ) -> Tensor:
     """Minimax probability machine witness (Lanckriet et al. 2002), bound ``κ² / (2 + κ²)``.
 

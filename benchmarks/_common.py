@@ -1,0 +1,39 @@
+"""Shared set-up for the benchmarks: the VGG-style CNN on Fashion-MNIST (digits as a fallback)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from lightning_edit.data import DigitsDataModule, FashionMNISTDataModule
+from lightning_edit.models import VGG
+
+
+def datamodule(batch_size: int = 128, train_subset: int | None = None):
+    """Fashion-MNIST when its IDX files are installed, else the 8x8 digits (said on stdout)."""
+    fm = FashionMNISTDataModule(batch_size=batch_size, train_subset=train_subset)
+    if fm._find("train-images-idx3-ubyte") is not None:
+        print("data: Fashion-MNIST")
+        return fm, 28
+    print("data: sklearn digits (Fashion-MNIST not installed)")
+    return DigitsDataModule(batch_size=batch_size), 8
+
+
+def vgg(side: int, width: float = 0.25) -> VGG:
+    return VGG("vgg11", in_channels=1, num_classes=10, width_multiplier=width, max_pools=4 if side >= 16 else 3)
+
+
+def best_time(fn: Callable[[], object], repeats: int = 7, device: torch.device | None = None) -> float:
+    """Minimum wall time over ``repeats`` runs after one warm-up (synchronising CUDA when used)."""
+    sync = (lambda: torch.cuda.synchronize()) if device is not None and device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)

@@ -1,0 +1,46 @@
+"""Benchmark 1: DISCEDIT scoring cost (moment collection + TV bounds) over K calibration batches,
+divided by one plain inference pass over the same K batches. Target: at most 1.5.
+
+    python benchmarks/scoring_overhead.py [--batches 16] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from _common import best_time, datamodule, vgg
+from lightning_edit.discedit import channel_scores, prunable_layers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dm, side = datamodule(batch_size=128)
+    dm.setup()
+    loader = dm.train_dataloader()
+    batches = [(x.to(device), y.to(device)) for (x, y), _ in zip(loader, range(args.batches))]
+    model = vgg(side, args.width).to(device).eval()
+    layers = prunable_layers(model)
+
+    @torch.no_grad()
+    def inference():
+        for x, _ in batches:
+            model(x)
+
+    print(f"device: {device}, batches: {len(batches)} x {batches[0][0].shape[0]}, layers scored: {len(layers)}")
+    base = best_time(inference, device=device)
+    print(f"{'witness':<14} {'scoring/inference':>18}")
+    for witness in ("fisher", "fisher_linear", "robust_fisher", "mpm", "exp_norm"):
+        t = best_time(lambda: channel_scores(model, layers, "discedit", batches, 10, witness), device=device)
+        print(f"{witness:<14} {t / base:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()
