@@ -12,7 +12,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_edit.discedit.structured import enable_pruning_reload
+from lightning_edit.discedit.structured import enable_edit_reload
 
 
 class ClassifierModule(L.LightningModule):
@@ -25,7 +25,7 @@ class ClassifierModule(L.LightningModule):
 
     A checkpoint of a model pruned by :class:`~lightning_edit.callbacks.DiscEditPruning` reloads into a
     fresh module: the state dict carries the pruning record, replayed before the weights load
-    (:func:`lightning_edit.discedit.enable_pruning_reload`).
+    (:func:`lightning_edit.discedit.enable_edit_reload`).
 
     Args:
         model: the classifier, ``(N, ...) -> (N, num_classes)`` logits.
@@ -68,7 +68,7 @@ class ClassifierModule(L.LightningModule):
         if per_class_accuracy:
             self.val_acc_class = MulticlassAccuracy(num_classes, average=None)
             self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
-        enable_pruning_reload(self)
+        enable_edit_reload(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

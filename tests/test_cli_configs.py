@@ -72,3 +72,33 @@ def test_validate_and_test_subcommands(tmp_path):
     for sub in ("validate", "test"):
         cli = build_cli([sub, "--config", str(cfg)])
         assert f"{'val' if sub == 'validate' else 'test'}_acc" in cli.trainer.callback_metrics
+
+
+def shrink_unlearn(name: str, tmp_path: Path, **data_args) -> Path:
+    cfg = OmegaConf.load(CONFIGS / name)
+    cfg.trainer.max_epochs = 3
+    cfg.trainer.limit_train_batches = 4
+    cfg.trainer.limit_val_batches = 3
+    cfg.trainer.default_root_dir = str(tmp_path)
+    cfg.trainer.accelerator = "cpu"
+    cfg.trainer.enable_progress_bar = False
+    cfg.trainer.callbacks[0].init_args.unlearn_epoch = 1
+    cfg.trainer.callbacks[0].init_args.calibration_batches = 4
+    for k, v in data_args.items():
+        cfg.data.init_args[k] = v
+    path = tmp_path / name
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def test_unlearn_digits_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink_unlearn("discedit_unlearn_digits.yaml", tmp_path))])
+    report = cli.trainer.callbacks[0].report
+    assert report["masked"] and "FA_ft" in report
+    assert "unlearn/RA_ft" in cli.trainer.callback_metrics
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+def test_unlearn_fashion_mnist_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink_unlearn("discedit_unlearn_fashion_mnist.yaml", tmp_path, train_subset=1024))])
+    assert set(cli.trainer.callbacks[0].report["masked"]) == {f"model.features.{i}" for i in (15, 18, 22, 25)}

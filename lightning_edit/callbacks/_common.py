@@ -86,3 +86,47 @@ def output_dir(trainer: L.Trainer) -> Path:
     d = Path(trainer.log_dir or trainer.default_root_dir)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def probe_classifier(trainer: L.Trainer, pl_module: L.LightningModule, source: str, get_xy: InputsTargets, who: str):
+    """Check one batch of the ``source`` loader at setup: targets are class indices within the model's outputs.
+
+    Returns:
+        ``(num_classes, input_shape)`` with ``input_shape = [1, *x.shape[1:]]``.
+
+    Raises:
+        ValueError: no such loader, targets that are not 1-D integer class indices, outputs that are not
+            ``(N, K)`` logits, or targets outside ``[0, K)``.
+    """
+    from lightning_edit.discedit.moments import check_targets
+
+    loader = stage_loader(trainer, source)
+    if loader is None:
+        raise ValueError(f"{who} needs a {source} dataloader for calibration; none is defined.")
+    x, y = get_xy(next(iter(loader)))
+    check_targets(y)
+    x = x.to(pl_module.device)
+    was_training = pl_module.training
+    pl_module.eval()
+    with torch.no_grad():
+        out = pl_module(x[:2])
+    pl_module.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 2:
+        raise ValueError(f"{who} needs a classifier returning (N, K) logits; got {getattr(out, 'shape', type(out))}.")
+    num_classes = out.shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(
+            f"Calibration targets range over [{int(y.min())}, {int(y.max())}] but the model has {num_classes} "
+            "outputs; targets must be class indices in [0, K)."
+        )
+    return num_classes, [1, *x.shape[1:]]
+
+
+def log_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float], in_loop: bool) -> None:
+    """``pl_module.log_dict`` inside the training loop; straight to the loggers (and callback_metrics) outside it."""
+    if in_loop:
+        pl_module.log_dict(metrics)
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})

@@ -26,12 +26,12 @@ from lightning_edit.callbacks._common import (
     device_batches,
     evaluate_accuracy,
     output_dir,
+    probe_classifier,
     stage_loader,
 )
-from lightning_edit.discedit.moments import check_targets
 from lightning_edit.discedit.prune import channel_scores, prune_channels
 from lightning_edit.discedit.scores import get_witness
-from lightning_edit.discedit.structured import count_macs_params, enable_pruning_reload, prunable_layers, target_width
+from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
 
 
 
@@ -157,31 +157,14 @@ class DiscEditPruning(Callback):
     # ------------------------------------------------------------------ setup: validate early
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        enable_pruning_reload(pl_module)  # a resumed checkpoint's pruning is replayed before its weights load
+        enable_edit_reload(pl_module)  # a resumed checkpoint's pruning is replayed before its weights load
         if stage != "fit":
             return
         layers = prunable_layers(pl_module, self.layer_patterns)
         self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
-        loader = stage_loader(trainer, self.calibration_source)
-        if loader is None:
-            raise ValueError(f"DiscEditPruning needs a {self.calibration_source} dataloader for calibration; none is defined.")
-        x, y = self.get_inputs_targets(next(iter(loader)))
-        check_targets(y)
-        x = x.to(pl_module.device)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            out = pl_module(x[:2])
-        pl_module.train(was_training)
-        if not isinstance(out, Tensor) or out.ndim != 2:
-            raise ValueError(f"DiscEditPruning needs a classifier returning (N, K) logits; got {getattr(out, 'shape', type(out))}.")
-        self.num_classes = out.shape[1]
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(
-                f"Calibration targets range over [{int(y.min())}, {int(y.max())}] but the model has {self.num_classes} "
-                "outputs; targets must be class indices in [0, K)."
-            )
-        self.input_shape = [1, *x.shape[1:]]
+        self.num_classes, self.input_shape = probe_classifier(
+            trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditPruning"
+        )
         if self.sparsity_type == "channels" and self.min_channels is None:
             zero = [n for n, w in self.layer_widths.items() if target_width(w, self.sparsity, None) < 1]
             if zero:

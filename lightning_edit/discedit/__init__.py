@@ -30,11 +30,21 @@ from lightning_edit.discedit.structured import (
     build_dependency_graph,
     channel_groups,
     count_macs_params,
-    enable_pruning_reload,
+    enable_edit_reload,
     group_scores,
     prunable_layers,
     replay_pruning,
     select_channels,
+)
+from lightning_edit.discedit.unlearn import (
+    UnlearnReport,
+    check_forget_classes,
+    component_parameters,
+    forget_retain_accuracy,
+    mask_components,
+    select_components,
+    unlearn,
+    unlearning_component_scores,
 )
 from lightning_edit.discedit.witness import (
     fisher_bound,
@@ -45,10 +55,12 @@ from lightning_edit.discedit.witness import (
 )
 
 __all__ = [
+    "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
+    "select_components", "unlearn", "unlearning_component_scores",
     "PruneResult", "channel_scores", "prune_channels",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
     "random_scores", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
-    "channel_groups", "count_macs_params", "enable_pruning_reload", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
+    "channel_groups", "count_macs_params", "enable_edit_reload", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
     "fisher_bound", "generic_witness_bound", "mpm_bound", "regularise_covariance", "robust_fisher_bound",
 ]

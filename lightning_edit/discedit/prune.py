@@ -113,7 +113,7 @@ def prune_channels(
         dense_params: parameter count before any pruning (default: the current count).
 
     Returns:
-        a :class:`PruneResult`; the model also records the history (:func:`enable_pruning_reload`).
+        a :class:`PruneResult`; the model also records the history (:func:`enable_edit_reload`).
 
     Raises:
         ValueError: if a group would be pruned to zero width (set ``min_channels``).

@@ -186,7 +186,7 @@ def append_pruning_record(model: nn.Module, input_shape: Sequence[int], history:
 def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     """Apply a saved pruning record to a model of the original architecture, idempotently.
 
-    :func:`enable_pruning_reload` calls it automatically before a pruned state dict loads. Operations
+    :func:`enable_edit_reload` calls it automatically before a pruned state dict loads. Operations
     already applied to ``model`` (a prefix of the record) are skipped.
 
     Returns:
@@ -210,8 +210,12 @@ def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     return True
 
 
-def enable_pruning_reload(model: nn.Module) -> nn.Module:
-    """Make ``model``'s state dict carry its pruning record, and its ``load_state_dict`` replay it first.
+def enable_edit_reload(model: nn.Module) -> nn.Module:
+    """Make a pruned or masked ``model``'s state dict reload into a fresh model of the original architecture.
+
+    Pruning (DISCEDIT-SP): the state dict carries the pruning record, replayed before the weights load.
+    Masking (DISCEDIT-U, ``torch.nn.utils.prune`` masks): ``<name>_orig`` / ``<name>_mask`` entries
+    re-create the masks on the fresh model before they load, so the edit is still in force.
 
     After this, ``model.state_dict()`` holds ``PRUNING_KEY`` (a uint8 tensor of JSON, safe for
     ``torch.load(weights_only=True)``) once the model is pruned, and loading such a state dict into a
@@ -242,6 +246,14 @@ def _load_record_hook(module: nn.Module, state_dict: dict, prefix: str, *_args: 
     blob = state_dict.pop(prefix + PRUNING_KEY, None)
     if blob is not None:
         replay_pruning(module, json.loads(bytes(blob.cpu().tolist()).decode()))
+    from torch.nn.utils import prune as torch_prune
+
+    modules = dict(module.named_modules())
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith("_mask")]:
+        owner, _, param = key[len(prefix) : -len("_mask")].rpartition(".")
+        sub = modules.get(owner)
+        if sub is not None and isinstance(getattr(sub, param, None), nn.Parameter):
+            torch_prune.identity(sub, param)  # creates <param>_orig and <param>_mask to load into
 
 
 def _plain(v: Any) -> Any:

@@ -7,7 +7,7 @@ from torch import nn
 from lightning_edit.discedit import (
     ClassConditionalMoments,
     channel_scores,
-    enable_pruning_reload,
+    enable_edit_reload,
     prunable_layers,
     prune_channels,
     pruning_scores,
@@ -35,10 +35,10 @@ def test_lowest_scored_channels_are_removed_and_survivors_keep_their_weights():
 
 
 def test_pruned_state_dict_reloads_into_fresh_architecture():
-    model = enable_pruning_reload(net())
+    model = enable_edit_reload(net())
     layers = prunable_layers(model)
     prune_channels(model, torch.zeros(1, 1, 8, 8), channel_scores(model, layers, "l1"), 0.5, layers)
-    fresh = enable_pruning_reload(net())
+    fresh = enable_edit_reload(net())
     fresh.load_state_dict(model.state_dict())
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)

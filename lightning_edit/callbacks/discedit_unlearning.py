@@ -1,0 +1,316 @@
+"""DISCEDIT-U as a Trainer callback: make the model forget classes by masking their most discriminative components.
+
+Murti & Bhattacharyya, "DISCEDIT", NeurIPS 2024 (Sec. 4, DISCEDIT-U; Table 1 reports FA/RA with and
+without one epoch of fine-tuning).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_edit.callbacks._common import (
+    InputsTargets,
+    default_inputs_targets,
+    device_batches,
+    evaluate_accuracy,
+    log_metrics,
+    output_dir,
+    probe_classifier,
+    stage_loader,
+)
+from lightning_edit.discedit.scores import get_witness
+from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
+from lightning_edit.discedit.unlearn import (
+    check_forget_classes,
+    forget_retain_accuracy,
+    mask_components,
+    select_components,
+    unlearning_component_scores,
+)
+
+
+class DiscEditUnlearning(Callback):
+    """Forget ``forget_classes`` at an epoch boundary (or at the end of fit), optionally fine-tuning on the rest.
+
+    At the unlearning point: collect class-conditional moments over ``calibration_batches`` (summed across
+    DDP ranks), score every component by its TV bound between each forget class and the rest, and mask
+    the highest-scored ones (weights, bias and following BatchNorm held at zero by
+    ``torch.nn.utils.prune`` masks, so a fine-tune cannot bring them back and checkpoints keep them).
+    Then, for ``finetune_epochs`` epochs, every forget-class sample in a training batch is replaced by a
+    remaining-class sample of the same batch (no host sync; batch size unchanged), and training stops
+    when they are done.
+
+    Logged (``unlearn/...``): ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``,
+    ``retain_acc_after``, ``FA`` (drop of forget-class accuracy, points of accuracy in [0, 1]),
+    ``RA`` (drop of remaining-class accuracy), ``fraction_masked``; after fine-tuning the same with
+    ``_ft``. Accuracies are macro averages of torchmetrics per-class accuracy on the validation loader.
+    At the end: a rich table and ``discedit_unlearning.png`` (per-class accuracy before/after).
+
+    Args:
+        forget_classes: class indices to forget.
+        ratio: fraction of components to mask, in (0, 1), per layer (``scope="layer"``) or overall (``"global"``).
+        std_threshold: instead of ``ratio``, mask ``r_j > mean + k·std`` per layer (the authors' rule, k in 1.25..2.5).
+        unlearn_epoch: act at the end of this training epoch; None acts at the end of fit (no fine-tuning).
+        finetune_epochs: epochs of fine-tuning on the remaining classes after the edit (then training stops).
+        witness: witness name (:data:`lightning_edit.discedit.WITNESS_FUNCTIONS`).
+        importance: ``"discedit"``, or a baseline masking as many components: ``"l1"``, ``"random"``;
+            ``"none"`` masks nothing (the fine-tune-on-the-retain-set-only baseline).
+        layers: ``fnmatch`` patterns of layers to edit (default every Conv2d/Linear except the classifier;
+            the paper edits the last stage / last blocks).
+        scope: see ``ratio``.
+        calibration_batches, calibration_source: which batches give the moments (must contain the forget classes).
+        evaluate: measure per-class accuracy on the validation loader before and after.
+        inputs_targets: ``batch -> (inputs, class_indices)``.
+        plot: save the per-class accuracy plot.
+        seed: seed of the random baseline.
+
+    Raises:
+        ValueError: at construction for an empty class list, a ratio outside (0, 1), fine-tuning without an
+            ``unlearn_epoch``, an unknown witness or importance; at setup for classes outside the model's
+            outputs or covering all of them, calibration targets that are not class indices, or tuple
+            batches when fine-tuning (they cannot be edited in place: use lists or dicts); at the edit for
+            a forget class absent from the calibration batches (the model is left unchanged).
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=6, callbacks=[DiscEditUnlearning([3], ratio=0.1, unlearn_epoch=4,
+                                                                        finetune_epochs=1)])
+    """
+
+    def __init__(
+        self,
+        forget_classes: list[int],
+        ratio: float | None = 0.1,
+        std_threshold: float | None = None,
+        unlearn_epoch: int | None = None,
+        finetune_epochs: int = 0,
+        witness: str = "fisher",
+        importance: Literal["discedit", "l1", "random", "none"] = "discedit",
+        layers: list[str] | None = None,
+        scope: Literal["layer", "global"] = "layer",
+        calibration_batches: int | None = 16,
+        calibration_source: Literal["train", "val"] = "train",
+        evaluate: bool = True,
+        inputs_targets: InputsTargets | None = None,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not forget_classes:
+            raise ValueError("forget_classes is empty; name at least one class index to forget.")
+        if std_threshold is None and (ratio is None or not 0.0 < ratio < 1.0):
+            raise ValueError(f"masking ratio must be in (0, 1), got {ratio}.")
+        if finetune_epochs < 0 or (finetune_epochs > 0 and unlearn_epoch is None):
+            raise ValueError("finetune_epochs > 0 needs an unlearn_epoch (fine-tuning happens in the following epochs).")
+        if importance not in ("discedit", "l1", "random", "none"):
+            raise ValueError(f"importance must be 'discedit', 'l1', 'random' or 'none', got {importance!r}.")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
+        get_witness(witness)
+        self.forget_classes = sorted(set(int(c) for c in forget_classes))
+        self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
+        self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs
+        self.witness, self.importance, self.layer_patterns = witness, importance, layers
+        self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
+        self.evaluate, self.plot, self.seed = evaluate, plot, seed
+        self._inputs_targets = inputs_targets or default_inputs_targets
+        self.num_classes: int | None = None
+        self.input_shape: list[int] | None = None
+        self.report: dict[str, Any] = {}
+        self.done_epoch: int | None = None
+        self._forget: Tensor | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(forget_classes=tuple(self.forget_classes), ratio=self.ratio)
+
+    def get_inputs_targets(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``batch -> (inputs, class_indices)``; override in a subclass for other batch structures."""
+        return self._inputs_targets(batch)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        enable_edit_reload(pl_module)
+        if stage != "fit":
+            return
+        prunable_layers(pl_module, self.layer_patterns)
+        self.num_classes, self.input_shape = probe_classifier(
+            trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
+        )
+        check_forget_classes(self.forget_classes, self.num_classes)
+        if self.finetune_epochs:
+            batch = next(iter(stage_loader(trainer, "train")))
+            if isinstance(batch, tuple):
+                raise ValueError(
+                    "Fine-tuning on the remaining classes edits training batches in place, but they are tuples; "
+                    "return lists or dicts from your collate_fn (the default collate returns lists)."
+                )
+
+    # ------------------------------------------------------------------ the edit
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.done_epoch is None and epoch == self.unlearn_epoch:
+            self.forget(trainer, pl_module, in_loop=True)
+            if self.finetune_epochs == 0:
+                trainer.should_stop = True
+        elif self.done_epoch is not None and epoch == self.done_epoch + self.finetune_epochs:
+            self._measure(trainer, pl_module, "_ft", in_loop=True)
+            trainer.should_stop = True
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.unlearn_epoch is None and self.done_epoch is None:
+            self.forget(trainer, pl_module, in_loop=False)
+        if self.report:
+            self._report(trainer)
+
+    def forget(self, trainer: L.Trainer, pl_module: L.LightningModule, in_loop: bool) -> dict[str, Any]:
+        """Score and mask now; returns the report (also kept in ``self.report``)."""
+        device = pl_module.device
+        before = self._per_class(trainer, pl_module)
+        layers = prunable_layers(pl_module, self.layer_patterns)
+        masked = total = 0
+        picked: dict[str, Tensor] = {}
+        if self.importance != "none":
+            batches = device_batches(
+                stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device, self.calibration_batches
+            )
+            scores = unlearning_component_scores(
+                pl_module, layers, self.forget_classes, self.importance, batches, self.num_classes, self.witness,
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+            picked = select_components(scores, self.ratio, self.scope, self.std_threshold)
+            example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+            masked = mask_components(pl_module, layers, picked, example)
+        total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
+        self.done_epoch = trainer.current_epoch
+        self._forget = torch.tensor(self.forget_classes, device=device)
+        self.report = {
+            "epoch": trainer.current_epoch,
+            "masked": {n: i.tolist() for n, i in picked.items()},
+            "fraction_masked": masked / max(1, total),
+            "per_class_before": before.tolist() if before is not None else None,
+        }
+        self._measure(trainer, pl_module, "", in_loop)
+        self._rebuild_optimizers(trainer)
+        return self.report
+
+    def _rebuild_optimizers(self, trainer: L.Trainer) -> None:
+        # torch.nn.utils.prune replaced `weight` by `weight_orig` (a new Parameter name, same tensor): the
+        # optimizer still holds it, but rebuilding keeps parameter groups consistent with configure_optimizers.
+        if trainer.training and self.finetune_epochs:
+            trainer.strategy.setup_optimizers(trainer)
+
+    def _per_class(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor | None:
+        loader = stage_loader(trainer, "val") if self.evaluate else None
+        if loader is None:
+            return None
+        return evaluate_accuracy(pl_module, loader, self.get_inputs_targets, self.num_classes, pl_module.device,
+                                 average=None).cpu()
+
+    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str, in_loop: bool) -> None:
+        after = self._per_class(trainer, pl_module)
+        metrics = {"unlearn/fraction_masked": float(self.report["fraction_masked"])}
+        self.report[f"per_class_after{suffix}"] = after.tolist() if after is not None else None
+        if after is not None and self.report["per_class_before"] is not None:
+            f0, r0 = forget_retain_accuracy(torch.tensor(self.report["per_class_before"]), self.forget_classes)
+            f1, r1 = forget_retain_accuracy(after, self.forget_classes)
+            values = {"forget_acc_before": f0, "retain_acc_before": r0, f"forget_acc_after{suffix}": f1,
+                      f"retain_acc_after{suffix}": r1, f"FA{suffix}": f0 - f1, f"RA{suffix}": r0 - r1}
+            self.report.update(values)
+            metrics.update({f"unlearn/{k}": v for k, v in values.items()})
+            rank_zero_info(
+                f"DISCEDIT-U{' after fine-tuning' if suffix else ''}: forget acc {f0:.4f} -> {f1:.4f} (FA {f0 - f1:.4f}), "
+                f"remaining acc {r0:.4f} -> {r1:.4f} (RA {r0 - r1:.4f}), weights masked {self.report['fraction_masked']:.1%}"
+            )
+        log_metrics(trainer, pl_module, metrics, in_loop)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.done_epoch is None or self._forget is None:
+            return
+        x, y = self.get_inputs_targets(batch)
+        forget = torch.isin(y, self._forget.to(y.device))
+        order = torch.argsort(forget.to(torch.uint8), stable=True)  # remaining-class samples first
+        remaining = (~forget).sum().clamp_min(1)
+        take = torch.where(forget, order[torch.arange(len(y), device=y.device) % remaining], torch.arange(len(y), device=y.device))
+        _replace_in_place(batch, x, x[take])
+        _replace_in_place(batch, y, y[take])
+
+    # ------------------------------------------------------------------ checkpoints and report
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"report": self.report, "done_epoch": self.done_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.report = dict(state_dict.get("report", {}))
+        self.done_epoch = state_dict.get("done_epoch")
+        if self.done_epoch is not None:
+            self._forget = torch.tensor(self.forget_classes)
+
+    @rank_zero_only
+    def _report(self, trainer: L.Trainer) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        r = self.report
+        table = Table(title=f"DISCEDIT-U: forgetting classes {self.forget_classes} ({r['fraction_masked']:.1%} of weights masked)")
+        for col in ("", "forget acc", "remaining acc", "FA", "RA"):
+            table.add_column(col, justify="right")
+        if "forget_acc_before" in r:
+            table.add_row("before", f"{r['forget_acc_before']:.4f}", f"{r['retain_acc_before']:.4f}", "", "")
+            table.add_row("after edit", f"{r['forget_acc_after']:.4f}", f"{r['retain_acc_after']:.4f}", f"{r['FA']:.4f}", f"{r['RA']:.4f}")
+            if "FA_ft" in r:
+                table.add_row("after fine-tune", f"{r['forget_acc_after_ft']:.4f}", f"{r['retain_acc_after_ft']:.4f}",
+                              f"{r['FA_ft']:.4f}", f"{r['RA_ft']:.4f}")
+        Console().print(table)
+        if self.plot and r.get("per_class_before") is not None:
+            self._plot(trainer)
+
+    def _plot(self, trainer: L.Trainer) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        r = self.report
+        series = [("before", r["per_class_before"]), ("after edit", r["per_class_after"])]
+        if r.get("per_class_after_ft") is not None:
+            series.append(("after fine-tune", r["per_class_after_ft"]))
+        k = len(r["per_class_before"])
+        width = 0.8 / len(series)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for i, (label, values) in enumerate(series):
+            ax.bar([c + (i - (len(series) - 1) / 2) * width for c in range(k)], values, width, label=label)
+        for c in self.forget_classes:
+            ax.axvspan(c - 0.45, c + 0.45, color="red", alpha=0.08)
+        ax.set_xticks(range(k))
+        ax.set_xlabel("class (forgotten ones shaded)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("DISCEDIT-U: per-class accuracy")
+        ax.set_ylim(0, 1.2)
+        ax.legend(fontsize=8, loc="upper center", ncol=len(series))
+        fig.tight_layout()
+        path = output_dir(trainer) / "discedit_unlearning.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        rank_zero_info(f"DISCEDIT-U plot saved to {path}")
+
+
+def _replace_in_place(batch: Any, old: Tensor, new: Tensor) -> None:
+    """Swap the tensor ``old`` for ``new`` inside a list or dict batch."""
+    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
+    for key, value in list(items):
+        if value is old:
+            batch[key] = new
+            return

@@ -1,0 +1,129 @@
+"""DiscEditUnlearning on the real 8x8 digits: forgetting, fine-tuning on the rest, checkpoints, DDP, errors."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_edit import ClassifierModule
+from lightning_edit.callbacks import DiscEditUnlearning
+from lightning_edit.data import DigitsDataModule
+from lightning_edit.models import SmallCNN
+from tests.conftest import make_trainer
+
+LATE = ["model.features.4", "model.hidden"]
+
+
+def module():
+    torch.manual_seed(0)
+    return ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+
+
+def test_forgets_class_then_finetunes_on_the_rest_and_checkpoint_keeps_it(tmp_path):
+    L.seed_everything(0)
+    cb = DiscEditUnlearning([3], ratio=0.2, unlearn_epoch=6, finetune_epochs=1, layers=LATE, plot=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    m = module()
+    trainer = make_trainer(tmp_path, [cb, ckpt], max_epochs=20, enable_checkpointing=True)
+    dm = DigitsDataModule()
+    trainer.fit(m, datamodule=dm)
+    assert trainer.current_epoch == 8  # stopped after the fine-tuning epoch, not at max_epochs
+    r = cb.report
+    assert r["forget_acc_before"] > 0.85 and r["FA"] > 0.6
+    assert r["RA"] < 0.12 and r["RA_ft"] < 0.05
+    assert r["forget_acc_after_ft"] < 0.2  # fine-tuning on the rest does not bring the class back
+    for key in ("unlearn/FA", "unlearn/RA", "unlearn/FA_ft", "unlearn/forget_acc_after", "unlearn/fraction_masked"):
+        assert key in trainer.callback_metrics
+    idx = r["masked"]["model.hidden"]
+    assert torch.all(m.model.hidden.weight[idx] == 0)  # held at zero through fine-tuning
+    assert (tmp_path / "discedit_unlearning.png").stat().st_size > 1000
+
+    reloaded = ClassifierModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", model=SmallCNN(1, 10))
+    x = dm.test_set.x
+    m.eval(), reloaded.eval()
+    torch.testing.assert_close(reloaded(x), m(x), rtol=0, atol=0)
+    assert torch.all(reloaded.model.hidden.weight[idx] == 0)
+
+
+def test_finetune_batches_contain_no_forget_class(tmp_path):
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                seen.append(batch[1].clone())
+
+    cb = DiscEditUnlearning([2, 7], ratio=0.1, unlearn_epoch=0, finetune_epochs=1, plot=False, evaluate=False)
+    make_trainer(tmp_path, [cb, Spy()], max_epochs=5, limit_train_batches=5).fit(module(), datamodule=DigitsDataModule())
+    labels = torch.cat(seen)
+    assert len(labels) == 5 * 64
+    assert not torch.isin(labels, torch.tensor([2, 7])).any()
+
+
+def test_at_fit_end_and_retain_only_baseline(tmp_path):
+    cb = DiscEditUnlearning([1], ratio=0.1, plot=False)  # unlearn_epoch=None: at the end of fit
+    trainer = make_trainer(tmp_path, [cb], max_epochs=2, limit_train_batches=5)
+    trainer.fit(module(), datamodule=DigitsDataModule())
+    assert cb.report["masked"] and "unlearn/FA" in trainer.callback_metrics
+    base = DiscEditUnlearning([1], importance="none", unlearn_epoch=0, finetune_epochs=1, plot=False)
+    m = module()
+    make_trainer(tmp_path, [base], max_epochs=3, limit_train_batches=5).fit(m, datamodule=DigitsDataModule())
+    assert base.report["masked"] == {} and base.report["fraction_masked"] == 0.0
+    assert not hasattr(m.model.hidden, "weight_mask")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"forget_classes": []}, "empty"),
+    ({"forget_classes": [1], "ratio": 0.0}, r"ratio must be in \(0, 1\)"),
+    ({"forget_classes": [1], "ratio": 1.5}, r"ratio must be in \(0, 1\)"),
+    ({"forget_classes": [1], "finetune_epochs": 1}, "needs an unlearn_epoch"),
+    ({"forget_classes": [1], "importance": "magic"}, "importance"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiscEditUnlearning(**kwargs)
+
+
+@pytest.mark.parametrize("classes, match", [([12], "outside the model's outputs"), (list(range(10)), "every class")])
+def test_bad_classes_fail_at_setup(tmp_path, classes, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, [DiscEditUnlearning(classes, unlearn_epoch=0)]).fit(module(), datamodule=DigitsDataModule())
+
+
+def test_forget_class_missing_from_calibration_leaves_model_unchanged(tmp_path):
+    dm = DigitsDataModule()
+    dm.setup()
+    keep = dm.train_set.y != 4
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dm.train_set.x[keep], dm.train_set.y[keep]), batch_size=64)
+    m = module()
+    with pytest.raises(ValueError, match="no sample of forget class"):
+        make_trainer(tmp_path, [DiscEditUnlearning([4], unlearn_epoch=0, evaluate=False)], max_epochs=1,
+                     limit_train_batches=2).fit(m, train_dataloaders=loader)
+    assert not hasattr(m.model.hidden, "weight_mask")
+
+
+def _ddp_masks(tmp_path, strategy, devices):
+    m = ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    cb = DiscEditUnlearning([3], ratio=0.25, unlearn_epoch=0, calibration_batches=None, calibration_source="val",
+                            plot=False, evaluate=False)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=1,
+                        callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    torch.manual_seed(0)
+    m.load_state_dict(ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16)).state_dict())
+    for mod in m.modules():  # frozen BatchNorm statistics: shards would otherwise update them differently
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = 0.0
+    trainer.fit(m, datamodule=DigitsDataModule(batch_size=45))
+    return {n: (getattr(mod, "weight_mask", None) is not None and mod.weight_mask.flatten(1).sum(1).eq(0).nonzero().flatten().tolist())
+            for n, mod in m.named_modules() if n in ("model.features.0", "model.features.4", "model.hidden")}
+
+
+def test_ddp_masks_the_same_components_as_one_process(tmp_path):
+    single = _ddp_masks(tmp_path / "s", "auto", 1)
+    ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2)
+    assert all(single.values()) and ddp == single

@@ -1,0 +1,100 @@
+"""DISCEDIT-U without a Trainer, on a small CNN trained on the real 8x8 digits."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from lightning_edit import ClassifierModule
+from lightning_edit.data import DigitsDataModule
+from lightning_edit.discedit import forget_retain_accuracy, unlearn
+from lightning_edit.models import SmallCNN
+
+LATE_LAYERS = ["model.features.4", "model.hidden"]  # the paper edits the last blocks
+
+
+@pytest.fixture(scope="module")
+def trained():
+    L.seed_everything(0)
+    dm = DigitsDataModule()
+    dm.setup()
+    module = ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu").fit(module, dm)
+    calib = [b for b, _ in zip(dm.train_dataloader(), range(16))]
+    return module.eval(), dm, calib
+
+
+def accuracy(model, dm, forget):
+    model.eval()
+    with torch.no_grad():
+        per_class = multiclass_accuracy(model(dm.test_set.x), dm.test_set.y, 10, average=None)
+    return forget_retain_accuracy(per_class, forget)
+
+
+def test_forget_class_accuracy_falls_and_remaining_holds(trained):
+    module, dm, calib = trained
+    f0, r0 = accuracy(module, dm, [3])
+    assert f0 > 0.9 and r0 > 0.9
+    edited, report = unlearn(module, calib, [3], ratio=0.2, layers=LATE_LAYERS)
+    f1, r1 = accuracy(edited, dm, [3])
+    # Thresholds from repeated runs on this setting: forget accuracy ends near 0, remaining loses < 10 points.
+    assert f0 - f1 > 0.6, (f0, f1)
+    assert r0 - r1 < 0.12, (r0, r1)
+    rand, _ = unlearn(module, calib, [3], ratio=0.2, layers=LATE_LAYERS, importance="random")
+    assert accuracy(rand, dm, [3])[0] > f1 + 0.3  # the same number of random components forgets far less
+    assert 0.15 < report.fraction_masked < 0.25
+
+
+def test_masked_components_are_exactly_the_top_ranked_and_input_untouched(trained):
+    module, dm, calib = trained
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    edited, report = unlearn(module, calib, [3, 5], ratio=0.25, layers=LATE_LAYERS)
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, state[k]), f"unlearn() modified its input ({k})"
+    for name, scores in report.scores.items():
+        k = len(report.masked[name])
+        assert k == round(0.25 * len(scores))
+        assert sorted(report.masked[name]) == sorted(torch.argsort(scores, descending=True)[:k].tolist())
+    conv = edited.model.features[4]
+    bn = edited.model.features[5]
+    idx = report.masked["model.features.4"]
+    assert torch.all(conv.weight[idx] == 0) and torch.all(bn.weight[idx] == 0) and torch.all(bn.bias[idx] == 0)
+    kept = [i for i in range(conv.out_channels) if i not in idx]
+    torch.testing.assert_close(conv.weight[kept], module.model.features[4].weight[kept])
+
+
+def test_masks_survive_training_and_state_dict_round_trip(trained):
+    module, dm, calib = trained
+    edited, report = unlearn(module, calib, [3], ratio=0.2, layers=LATE_LAYERS)
+    idx = report.masked["model.hidden"]
+    opt = torch.optim.SGD(edited.parameters(), lr=0.5)
+    edited.train()
+    for x, y in calib[:3]:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(edited(x), y).backward()
+        opt.step()
+    assert torch.all(edited.model.hidden.weight[idx] == 0)
+    fresh = ClassifierModule(SmallCNN(1, 10))
+    fresh.load_state_dict(edited.state_dict())
+    x = dm.test_set.x[:64]
+    fresh.eval(), edited.eval()
+    torch.testing.assert_close(fresh(x), edited(x), rtol=0, atol=0)
+    assert torch.all(fresh.model.hidden.weight[idx] == 0)
+
+
+def test_bad_input(trained):
+    module, dm, calib = trained
+    with pytest.raises(ValueError, match="outside the model's outputs"):
+        unlearn(module, calib, [10])
+    with pytest.raises(ValueError, match="every class"):
+        unlearn(module, calib, list(range(10)))
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\)"):
+        unlearn(module, calib, [3], ratio=1.0)
+    no3 = [(x[y != 3], y[y != 3]) for x, y in calib]
+    with pytest.raises(ValueError, match="no sample of forget class"):
+        unlearn(module, no3, [3])
