@@ -15,18 +15,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HAVE_FASHION = FashionMNISTDataModule(root="data")._find("t10k-labels-idx1-ubyte") is not None
 
 
-def shrink(name: str, tmp_path: Path, **data_args) -> Path:
+def shrink(name: str, tmp_path: Path, callback: dict | None = None, max_epochs: int = 2, **data_args) -> Path:
+    """A copy of a config with a tiny budget; ``callback`` overrides the first callback's init_args."""
     cfg = OmegaConf.load(CONFIGS / name)
-    cfg.trainer.max_epochs = 2
+    cfg.trainer.max_epochs = max_epochs
     cfg.trainer.limit_train_batches = 4
-    cfg.trainer.limit_val_batches = 2
+    cfg.trainer.limit_val_batches = 3
     cfg.trainer.limit_test_batches = 2
     cfg.trainer.default_root_dir = str(tmp_path)
     cfg.trainer.accelerator = "cpu"
     cfg.trainer.enable_progress_bar = False
-    cfg.trainer.callbacks[0].init_args.prune_epoch = 0
-    cfg.trainer.callbacks[0].init_args.end_epoch = None
-    cfg.trainer.callbacks[0].init_args.calibration_batches = 2
+    callback = callback if callback is not None else {"prune_epoch": 0, "end_epoch": None, "calibration_batches": 2}
+    for k, v in callback.items():
+        cfg.trainer.callbacks[0].init_args[k] = v
     for k, v in data_args.items():
         cfg.data.init_args[k] = v
     path = tmp_path / name
@@ -74,25 +75,11 @@ def test_validate_and_test_subcommands(tmp_path):
         assert f"{'val' if sub == 'validate' else 'test'}_acc" in cli.trainer.callback_metrics
 
 
-def shrink_unlearn(name: str, tmp_path: Path, **data_args) -> Path:
-    cfg = OmegaConf.load(CONFIGS / name)
-    cfg.trainer.max_epochs = 3
-    cfg.trainer.limit_train_batches = 4
-    cfg.trainer.limit_val_batches = 3
-    cfg.trainer.default_root_dir = str(tmp_path)
-    cfg.trainer.accelerator = "cpu"
-    cfg.trainer.enable_progress_bar = False
-    cfg.trainer.callbacks[0].init_args.unlearn_epoch = 1
-    cfg.trainer.callbacks[0].init_args.calibration_batches = 4
-    for k, v in data_args.items():
-        cfg.data.init_args[k] = v
-    path = tmp_path / name
-    OmegaConf.save(cfg, path)
-    return path
+UNLEARN = {"unlearn_epoch": 1, "calibration_batches": 4}
 
 
 def test_unlearn_digits_config_end_to_end(tmp_path):
-    cli = build_cli(["fit", "--config", str(shrink_unlearn("discedit_unlearn_digits.yaml", tmp_path))])
+    cli = build_cli(["fit", "--config", str(shrink("discedit_unlearn_digits.yaml", tmp_path, UNLEARN, 3))])
     report = cli.trainer.callbacks[0].report
     assert report["masked"] and "FA_ft" in report
     assert "unlearn/RA_ft" in cli.trainer.callback_metrics
@@ -100,5 +87,5 @@ def test_unlearn_digits_config_end_to_end(tmp_path):
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
 def test_unlearn_fashion_mnist_config_end_to_end(tmp_path):
-    cli = build_cli(["fit", "--config", str(shrink_unlearn("discedit_unlearn_fashion_mnist.yaml", tmp_path, train_subset=1024))])
+    cli = build_cli(["fit", "--config", str(shrink("discedit_unlearn_fashion_mnist.yaml", tmp_path, UNLEARN, 3, train_subset=1024))])
     assert set(cli.trainer.callbacks[0].report["masked"]) == {f"model.features.{i}" for i in (15, 18, 22, 25)}

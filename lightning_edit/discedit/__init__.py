@@ -21,6 +21,7 @@ from lightning_edit.discedit.scores import (
     l1_norm_scores,
     pruning_scores,
     random_scores,
+    score_components,
     unlearning_scores,
 )
 from lightning_edit.discedit.structured import (
@@ -60,7 +61,7 @@ __all__ = [
     "PruneResult", "channel_scores", "prune_channels",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
-    "random_scores", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
+    "random_scores", "score_components", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
     "channel_groups", "count_macs_params", "enable_edit_reload", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
     "fisher_bound", "generic_witness_bound", "mpm_bound", "regularise_covariance", "robust_fisher_bound",
 ]

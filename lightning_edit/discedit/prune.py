@@ -11,8 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_edit.discedit.moments import collect_moments
-from lightning_edit.discedit.scores import get_witness, l1_norm_scores, pruning_scores, random_scores
+from lightning_edit.discedit.scores import pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
     apply_pruning,
@@ -50,29 +49,18 @@ def channel_scores(
         ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, or calibration
             data with fewer than two classes. A class absent from the data only warns (scores use the rest).
     """
-    if importance == "l1":
-        return {n: l1_norm_scores(m) for n, m in layers.items()}
-    if importance == "random":
-        return {n: random_scores(m.weight.shape[0], generator) for n, m in layers.items()}
-    if importance != "discedit":
-        raise ValueError(f"importance must be 'discedit', 'l1' or 'random', got {importance!r}.")
-    if batches is None or num_classes is None:
-        raise ValueError("DISCEDIT scores need calibration `batches` of (x, y) and `num_classes`.")
-    w = get_witness(witness)
-    moments = collect_moments(model, layers, batches, num_classes, w.feature)
-    if not moments:
-        raise ValueError("No calibration batch reached the prunable layers; is the calibration loader empty?")
-    if reduce_sum is not None:
-        for m in moments.values():
-            m.all_reduce(reduce_sum)
-    counts = next(iter(moments.values())).count
-    present = int((counts > 0).sum())
-    if present < 2:
-        raise ValueError(f"Calibration data holds {present} class(es); DISCEDIT needs at least 2 to score channels.")
-    if present < num_classes:
-        missing = (counts == 0).nonzero().flatten().tolist()
-        warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
-    return {n: pruning_scores(m, w, class_reduction) for n, m in moments.items()}
+    def check_counts(counts: Tensor) -> None:
+        present = int((counts > 0).sum())
+        if present < 2:
+            raise ValueError(f"Calibration data holds {present} class(es); DISCEDIT needs at least 2 to score channels.")
+        if present < len(counts):
+            missing = (counts == 0).nonzero().flatten().tolist()
+            warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
+
+    return score_components(
+        model, layers, importance, lambda m, w: pruning_scores(m, w, class_reduction), batches, num_classes, witness,
+        reduce_sum, generator, check_counts,
+    )
 
 
 @dataclass

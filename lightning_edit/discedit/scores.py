@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_edit.discedit.moments import ClassConditionalMoments, FeatureKind
+from lightning_edit.discedit.moments import ClassConditionalMoments, FeatureKind, collect_moments
 from lightning_edit.discedit.witness import fisher_bound, generic_witness_bound, mpm_bound, robust_fisher_bound
 
 
@@ -100,3 +100,49 @@ def l1_norm_scores(module: nn.Module) -> Tensor:
 def random_scores(num_components: int, generator: torch.Generator | None = None) -> Tensor:
     """Uniform random scores, shape ``(num_components,)`` (the random-selection baseline)."""
     return torch.rand(num_components, generator=generator, dtype=torch.float64)
+
+
+def score_components(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    importance: str,
+    score: Callable[[ClassConditionalMoments, Witness], Tensor],
+    batches: Iterable[tuple[Tensor, Tensor]] | None = None,
+    num_classes: int | None = None,
+    witness: str = "fisher",
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    check_counts: Callable[[Tensor], None] | None = None,
+) -> dict[str, Tensor]:
+    """Scores of every output component of ``layers`` by one of three importances.
+
+    ``"discedit"``: one eval-mode pass over calibration ``batches`` collects class-conditional moments
+    (summed by ``reduce_sum`` across DDP ranks when given), ``check_counts`` validates the per-class
+    sample counts ``(K,)``, then ``score(moments, witness)`` maps each layer to ``(C,)``.
+    ``"l1"``: filter L1 norms. ``"random"``: uniform (seeded by ``generator``).
+
+    Returns:
+        layer name -> ``(C_out,)`` float64.
+
+    Raises:
+        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, or no
+            calibration batch; and whatever ``check_counts`` raises.
+    """
+    if importance == "l1":
+        return {n: l1_norm_scores(m) for n, m in layers.items()}
+    if importance == "random":
+        return {n: random_scores(m.weight.shape[0], generator) for n, m in layers.items()}
+    if importance != "discedit":
+        raise ValueError(f"importance must be 'discedit', 'l1' or 'random', got {importance!r}.")
+    if batches is None or num_classes is None:
+        raise ValueError("DISCEDIT scores need calibration `batches` of (x, y) and `num_classes`.")
+    w = get_witness(witness)
+    moments = collect_moments(model, layers, batches, num_classes, w.feature)
+    if not moments:
+        raise ValueError("No calibration batch reached the scored layers; is the calibration loader empty?")
+    if reduce_sum is not None:
+        for m in moments.values():
+            m.all_reduce(reduce_sum)
+    if check_counts is not None:
+        check_counts(next(iter(moments.values())).count)
+    return {n: score(m, w) for n, m in moments.items()}

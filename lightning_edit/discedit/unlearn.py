@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
 
-from lightning_edit.discedit.moments import collect_moments
-from lightning_edit.discedit.scores import get_witness, l1_norm_scores, random_scores, unlearning_scores
+from lightning_edit.discedit.scores import score_components, unlearning_scores
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload, prunable_layers
 
 
@@ -164,31 +163,20 @@ def unlearning_component_scores(
     Raises:
         ValueError: if a forget class has no sample in the calibration data (nothing is modified).
     """
-    if importance == "l1":
-        return {n: l1_norm_scores(m) for n, m in layers.items()}
-    if importance == "random":
-        return {n: random_scores(m.weight.shape[0], generator) for n, m in layers.items()}
-    if importance != "discedit":
-        raise ValueError(f"importance must be 'discedit', 'l1' or 'random', got {importance!r}.")
-    if batches is None or num_classes is None:
-        raise ValueError("DISCEDIT-U scores need calibration `batches` of (x, y) and `num_classes`.")
-    w = get_witness(witness)
-    moments = collect_moments(model, layers, batches, num_classes, w.feature)
-    if not moments:
-        raise ValueError("No calibration batch reached the scored layers; is the calibration loader empty?")
-    if reduce_sum is not None:
-        for m in moments.values():
-            m.all_reduce(reduce_sum)
-    counts = next(iter(moments.values())).count
-    absent = [c for c in forget_classes if counts[c] == 0]
-    if absent:
-        raise ValueError(
-            f"The calibration data has no sample of forget class(es) {absent}; DISCEDIT-U needs examples of the "
-            "class to forget (raise calibration_batches or use a loader that contains it)."
-        )
-    return {
-        n: torch.stack([unlearning_scores(m, c, w) for c in forget_classes]).amax(0) for n, m in moments.items()
-    }
+    def check_counts(counts: Tensor) -> None:
+        absent = [c for c in forget_classes if counts[c] == 0]
+        if absent:
+            raise ValueError(
+                f"The calibration data has no sample of forget class(es) {absent}; DISCEDIT-U needs examples of the "
+                "class to forget (raise calibration_batches or use a loader that contains it)."
+            )
+
+    def score(m, w) -> Tensor:
+        return torch.stack([unlearning_scores(m, c, w) for c in forget_classes]).amax(0)
+
+    return score_components(
+        model, layers, importance, score, batches, num_classes, witness, reduce_sum, generator, check_counts
+    )
 
 
 def unlearn(
