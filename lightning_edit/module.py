@@ -45,6 +45,9 @@ class ClassifierModule(L.LightningModule):
         # reload: ClassifierModule.load_from_checkpoint(path, model=SmallCNN(1, 10))
     """
 
+    _object_hparams: tuple[str, ...] = ("model", "optimizer", "lr_scheduler")
+    """Arguments that are objects: left out of ``hparams`` outside LightningCLI (pass them to ``load_from_checkpoint``)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -56,8 +59,8 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-        given = _given_hyperparameters.get()  # set by LightningCLI: the model is a config there, not an object
-        self.save_hyperparameters(ignore=None if given and "model" in given else ["model", "optimizer", "lr_scheduler"])
+        given = _given_hyperparameters.get()  # set by LightningCLI: objects are configs there, kept as hparams
+        self.save_hyperparameters(ignore=None if given and "model" in given else list(self._object_hparams))
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler

@@ -1,0 +1,146 @@
+"""``EditableModule``: Editable Training (Sinitsin et al., ICLR 2020) as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_edit.editable.editors import EditResult, GradientEditor, edit_loss, select_parameters
+from lightning_edit.editable.metrics import EditMetrics, evaluate_edits, random_wrong_labels
+from lightning_edit.module import ClassifierModule
+
+
+class EditableModule(ClassifierModule):
+    """Train a classifier so that a few gradient steps fix a wrong prediction without hurting the rest.
+
+    Objective (paper Eq. 4; METHODS.md Sec. 2):
+    ``L = CE(batch) + edit_coef · l_e(Edit_k(θ)) + locality_coef · KL(p(·|x, θ) ‖ p(·|x, Edit_k(θ)))``.
+    Each step samples ``edits_per_step`` inputs of the batch with uniformly random target labels,
+    applies the editor *differentiably* (``torch.func.functional_call`` on updated tensors, the module
+    is never mutated) in eval mode, and back-propagates through its steps. The editor's learning rate
+    is learned with the model when ``editor.log_lr`` requires grad.
+
+    Every validation epoch, ``val_edits`` held-out samples are edited to fixed random wrong labels
+    (each an edit of the current model) and ``edit/success_rate``, ``edit/mean_steps``,
+    ``edit/drawdown`` (mean increase of validation error, in [0, 1]) and ``edit/base_error`` are logged.
+
+    Args:
+        model, num_classes, optimizer, lr_scheduler, per_class_accuracy: see :class:`ClassifierModule`.
+        editor: the :class:`~lightning_edit.editable.GradientEditor` (default: RMSProp, lr 1e-3, 10 steps).
+        editable_parameters: ``fnmatch`` patterns of the wrapped model's parameter names that edits may
+            change (e.g. ``["hidden.*", "classifier.*"]``); None: all.
+        edit_coef, locality_coef: c_edit and c_loc (0.01 each in the authors' code).
+        edits_per_step: edit samples drawn from each training batch (edited together).
+        train_edit_steps: editor steps during training (default: the editor's ``max_steps``). They run without
+            early stopping, each gated by "edit not yet satisfied": the same update, no host sync.
+        val_edits: edits evaluated each validation epoch (0 disables).
+        val_drawdown_batches: validation batches on which drawdown is measured.
+        seed: seed of the validation edit targets.
+
+    Raises:
+        ValueError: if ``editable_parameters`` match nothing or none requires grad (at construction and setup),
+            or for negative coefficients / ``edits_per_step < 1``.
+    """
+
+    _object_hparams = ("model", "optimizer", "lr_scheduler", "editor")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        per_class_accuracy: bool = False,
+        editor: GradientEditor | None = None,
+        editable_parameters: list[str] | None = None,
+        edit_coef: float = 0.01,
+        locality_coef: float = 0.01,
+        edits_per_step: int = 1,
+        train_edit_steps: int | None = None,
+        val_edits: int = 16,
+        val_drawdown_batches: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, num_classes, optimizer, lr_scheduler, per_class_accuracy)
+        if edit_coef < 0 or locality_coef < 0 or edits_per_step < 1:
+            raise ValueError(
+                f"Need edit_coef, locality_coef >= 0 and edits_per_step >= 1, got {edit_coef}, {locality_coef}, {edits_per_step}."
+            )
+        self.editor = editor if editor is not None else GradientEditor()
+        self.editable_parameters = editable_parameters
+        select_parameters(self.model, editable_parameters)
+        self.edit_coef, self.locality_coef, self.edits_per_step = edit_coef, locality_coef, edits_per_step
+        self.train_edit_steps, self.val_edits, self.val_drawdown_batches = train_edit_steps, val_edits, val_drawdown_batches
+        self.seed = seed
+        self._val_cache: list[tuple[Tensor, Tensor]] = []
+
+    def setup(self, stage: str) -> None:
+        select_parameters(self.model, self.editable_parameters)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        if self.edit_coef > 0 or self.locality_coef > 0:
+            edit_term, locality_term = self.edit_losses(x)
+            loss = loss + self.edit_coef * edit_term + self.locality_coef * locality_term
+            self.log_dict({"train_edit_loss": edit_term, "train_locality_loss": locality_term, "editor_lr": self.editor.lr})
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def edit_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Edit loss left after the editor and locality KL on ``x``, both differentiable w.r.t. θ (and the editor)."""
+        idx = torch.randint(0, len(x), (self.edits_per_step,), device=x.device)
+        targets = torch.randint(0, self.num_classes, (self.edits_per_step,), device=x.device)
+        edit_x = x[idx]
+        params = select_parameters(self.model, self.editable_parameters)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            edited, _, remaining = self.editor.run(
+                params, lambda ps: edit_loss(functional_call(self.model, ps, (edit_x,)), targets),
+                create_graph=True, early_stop=False, max_steps=self.train_edit_steps,
+            )
+            original = torch.log_softmax(self.model(x), -1).detach()
+            after = torch.log_softmax(functional_call(self.model, edited, (x,)), -1)
+        finally:
+            self.model.train(was_training)
+        locality = F.kl_div(after, original, log_target=True, reduction="batchmean")
+        return remaining.mean(), locality
+
+    def edit(self, x: Tensor, y_target: Tensor, max_steps: int | None = None) -> tuple[nn.Module, EditResult]:
+        """An edited copy of the wrapped classifier that predicts ``y_target`` on ``x`` (the module is untouched).
+
+        Shapes: ``x (B, ...)``, ``y_target (B,)``. See :meth:`GradientEditor.edit` for the errors raised.
+        """
+        return self.editor.edit(self.model, x, y_target, self.editable_parameters, self.num_classes, max_steps)
+
+    def edit_metrics(self, edit_x: Tensor, edit_y: Tensor, test_batches: list[tuple[Tensor, Tensor]]) -> EditMetrics:
+        """Success rate, mean steps and drawdown of editing each sample of ``edit_x`` to ``edit_y``."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return evaluate_edits(self.model, self.editor, edit_x, edit_y, test_batches, self.editable_parameters)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self.val_edits and batch_idx < self.val_drawdown_batches:
+            self._val_cache.append((batch[0].clone(), batch[1].clone()))
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        cache, self._val_cache = self._val_cache, []
+        if not cache or self.trainer.sanity_checking:
+            return
+        with torch.inference_mode(False):
+            cache = [(x.clone(), y.clone()) for x, y in cache]
+            edit_x, y = cache[0][0][: self.val_edits], cache[0][1][: self.val_edits]
+            edit_y = random_wrong_labels(y.cpu(), self.num_classes, torch.Generator().manual_seed(self.seed)).to(y.device)
+            m = self.edit_metrics(edit_x, edit_y, cache)
+        self.log_dict({"edit/success_rate": m.success_rate, "edit/mean_steps": m.mean_steps,
+                       "edit/drawdown": m.drawdown, "edit/base_error": m.base_error}, sync_dist=True)
