@@ -16,7 +16,8 @@ HAVE_FASHION = FashionMNISTDataModule(root="data")._find("t10k-labels-idx1-ubyte
 
 
 def shrink(name: str, tmp_path: Path, callback: dict | None = None, max_epochs: int = 2, **data_args) -> Path:
-    """A copy of a config with a tiny budget; ``callback`` overrides the first callback's init_args."""
+    """A copy of a config with a tiny budget; ``callback`` overrides the first callback's init_args
+    (the model's when the config has no callback)."""
     cfg = OmegaConf.load(CONFIGS / name)
     cfg.trainer.max_epochs = max_epochs
     cfg.trainer.limit_train_batches = 4
@@ -27,7 +28,8 @@ def shrink(name: str, tmp_path: Path, callback: dict | None = None, max_epochs: 
     cfg.trainer.enable_progress_bar = False
     callback = callback if callback is not None else {"prune_epoch": 0, "end_epoch": None, "calibration_batches": 2}
     for k, v in callback.items():
-        cfg.trainer.callbacks[0].init_args[k] = v
+        target = cfg.trainer.callbacks[0].init_args if "callbacks" in cfg.trainer else cfg.model.init_args
+        target[k] = v
     for k, v in data_args.items():
         cfg.data.init_args[k] = v
     path = tmp_path / name
@@ -89,3 +91,27 @@ def test_unlearn_digits_config_end_to_end(tmp_path):
 def test_unlearn_fashion_mnist_config_end_to_end(tmp_path):
     cli = build_cli(["fit", "--config", str(shrink("discedit_unlearn_fashion_mnist.yaml", tmp_path, UNLEARN, 3, train_subset=1024))])
     assert set(cli.trainer.callbacks[0].report["masked"]) == {f"model.features.{i}" for i in (15, 18, 22, 25)}
+
+
+def test_editable_digits_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink("editable_digits.yaml", tmp_path, {"val_edits": 4}, 2))])
+    for key in ("edit/success_rate", "edit/drawdown", "train_edit_loss", "test_acc"):
+        assert key in cli.trainer.callback_metrics
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+def test_editable_fashion_mnist_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink("editable_fashion_mnist.yaml", tmp_path, {"val_edits": 2}, 1, train_subset=512))])
+    assert "edit/mean_steps" in cli.trainer.callback_metrics
+
+
+def test_robust_edit_digits_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink("robust_edit_digits.yaml", tmp_path, {"eval_batches": 2}, 2))])
+    assert "robust/pgd" in cli.trainer.callback_metrics and "original" in cli.trainer.callbacks[0].results
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+def test_robust_edit_fashion_mnist_config_end_to_end(tmp_path):
+    path = shrink("robust_edit_fashion_mnist.yaml", tmp_path, {"eval_batches": 2, "edit_class": None}, 1, train_subset=512)
+    cli = build_cli(["fit", "--config", str(path)])
+    assert "robust/clean" in cli.trainer.callback_metrics

@@ -191,7 +191,7 @@ class GradientEditor(nn.Module):
         with torch.no_grad():
             for name, value in new.items():
                 params[name].copy_(value.detach())
-        result = EditResult(success=bool((loss <= 0).all()), steps=int(steps), loss=float(loss.mean()))
+        result = EditResult(success=bool((loss <= 0).all()), steps=int(steps), loss=float(loss.detach().mean()))
         return edited, result
 
 

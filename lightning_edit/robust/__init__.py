@@ -1,0 +1,11 @@
+"""Editors that keep robustness and a robustness report (Brown, Godfrey, Nizinski, Tu, Kvinge 2023)."""
+
+from lightning_edit.robust.attacks import CORRUPTIONS, contrast, gaussian_blur, gaussian_noise, pgd_attack
+from lightning_edit.robust.editors import Editor, FineTuneEditor, InterpolationEditor, LowRankEditor, get_layer
+from lightning_edit.robust.report import DEFAULT_CORRUPTIONS, report_change, robustness_report
+
+__all__ = [
+    "CORRUPTIONS", "contrast", "gaussian_blur", "gaussian_noise", "pgd_attack",
+    "Editor", "FineTuneEditor", "InterpolationEditor", "LowRankEditor", "get_layer",
+    "DEFAULT_CORRUPTIONS", "report_change", "robustness_report",
+]
