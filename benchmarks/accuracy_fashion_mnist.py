@@ -14,8 +14,8 @@ import time
 
 import lightning as L
 import torch
-
 from _common import datamodule, vgg
+
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels
 

@@ -14,8 +14,8 @@ import time
 
 import lightning as L
 import torch
-
 from _common import datamodule
+
 from lightning_edit import EditableModule
 from lightning_edit.editable import GradientEditor, evaluate_edits, random_wrong_labels
 from lightning_edit.models import SmallCNN

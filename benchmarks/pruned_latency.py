@@ -11,8 +11,8 @@ import argparse
 import copy
 
 import torch
-
 from _common import best_time, vgg
+
 from lightning_edit.discedit import channel_scores, count_macs_params, prunable_layers, prune_channels
 
 

@@ -16,8 +16,8 @@ import time
 
 import lightning as L
 import torch
-
 from _common import datamodule, vgg
+
 from lightning_edit import ClassifierModule
 from lightning_edit.robust import FineTuneEditor, InterpolationEditor, LowRankEditor, report_change, robustness_report
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import best_time, datamodule, vgg
+
 from lightning_edit.discedit import channel_scores, prunable_layers
 
 

@@ -16,10 +16,10 @@ import time
 
 import lightning as L
 import torch
+from _common import datamodule, vgg
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from _common import datamodule, vgg
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import forget_retain_accuracy, unlearn
 

@@ -34,7 +34,6 @@ from lightning_edit.discedit.scores import get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
 
 
-
 class DiscEditPruning(Callback):
     """Prune the least discriminative channels of the model at the end of chosen training epochs.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -39,10 +39,30 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+def fit_until_correct(
+    forward: Callable[[], Tensor], params: Sequence[Tensor], y: Tensor, lr: float, max_steps: int
+) -> int:
+    """Adam on ``cross_entropy(forward(), y)`` over ``params`` until every prediction equals ``y`` or ``max_steps``.
+
+    Returns:
+        the number of steps taken.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = 0
+    with torch.enable_grad():
+        for steps in range(max_steps + 1):
+            logits = forward()
+            if bool((logits.argmax(-1) == y).all()) or steps == max_steps:
+                break
+            opt.zero_grad()
+            F.cross_entropy(logits, y).backward()
+            opt.step()
+    return steps
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
-        logits = model(x) if params is None else functional_call(model, params, (x,))
-    return (logits.argmax(-1) == y).float().mean()
+        return (model(x).argmax(-1) == y).float().mean()
 
 
 class FineTuneEditor:
@@ -71,16 +91,7 @@ class FineTuneEditor:
             params = [p for p in edited.parameters() if p.requires_grad]
         else:
             params = [p for name in self.layers for p in get_layer(edited, name).parameters()]
-        opt = torch.optim.Adam(params, lr=self.lr)
-        steps = 0
-        with torch.enable_grad():
-            for steps in range(self.max_steps + 1):
-                logits = edited(x)
-                if bool((logits.argmax(-1) == y).all()) or steps == self.max_steps:
-                    break
-                opt.zero_grad()
-                F.cross_entropy(logits, y).backward()
-                opt.step()
+        steps = fit_until_correct(lambda: edited(x), params, y, self.lr, self.max_steps)
         with torch.no_grad():
             logits = edited(x)
         return edited, EditResult(bool((logits.argmax(-1) == y).all()), steps, float(F.cross_entropy(logits, y)))
@@ -172,21 +183,12 @@ class LowRankEditor:
         g = torch.Generator().manual_seed(self.seed)
         u = torch.zeros(out_dim, self.rank, device=w0.device, requires_grad=True)
         v = (torch.randn(in_dim, self.rank, generator=g) / math.sqrt(in_dim)).to(w0.device).requires_grad_(True)
-        opt = torch.optim.Adam([u, v], lr=self.lr)
         key = f"{self.layer}.weight" if self.layer else "weight"
 
         def forward() -> Tensor:
             return functional_call(edited, {key: w0 + (u @ v.T).reshape(w0.shape)}, (x,))
 
-        steps = 0
-        with torch.enable_grad():
-            for steps in range(self.max_steps + 1):
-                logits = forward()
-                if bool((logits.argmax(-1) == y).all()) or steps == self.max_steps:
-                    break
-                opt.zero_grad()
-                F.cross_entropy(logits, y).backward()
-                opt.step()
+        steps = fit_until_correct(forward, [u, v], y, self.lr, self.max_steps)
         with torch.no_grad():
             layer.weight.copy_(w0 + (u @ v.T).reshape(w0.shape))
             logits = edited(x)

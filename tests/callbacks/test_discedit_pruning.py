@@ -14,7 +14,7 @@ from lightning_edit import ClassifierModule
 from lightning_edit.callbacks import DiscEditPruning
 from lightning_edit.data import DigitsDataModule
 from lightning_edit.discedit.structured import target_width
-from lightning_edit.models import CifarResNet, SmallCNN, VGG
+from lightning_edit.models import VGG, CifarResNet, SmallCNN
 from tests.conftest import make_module, make_trainer
 
 

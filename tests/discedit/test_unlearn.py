@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
-import lightning as L
 import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_edit import ClassifierModule
-from lightning_edit.data import DigitsDataModule
 from lightning_edit.discedit import forget_retain_accuracy, unlearn
 from lightning_edit.models import SmallCNN
 
@@ -18,15 +14,11 @@ LATE_LAYERS = ["model.features.4", "model.hidden"]  # the paper edits the last b
 
 
 @pytest.fixture(scope="module")
-def trained():
-    L.seed_everything(0)
-    dm = DigitsDataModule()
-    dm.setup()
-    module = ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu").fit(module, dm)
+def trained(trained_digits):
+    module, dm = trained_digits
+    torch.manual_seed(0)
     calib = [b for b, _ in zip(dm.train_dataloader(), range(16))]
-    return module.eval(), dm, calib
+    return module, dm, calib
 
 
 def accuracy(model, dm, forget):

@@ -9,23 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_edit import ClassifierModule, EditableModule
+from lightning_edit import EditableModule
 from lightning_edit.data import DigitsDataModule
-from lightning_edit.editable import GradientEditor, drawdown, edit_loss, evaluate_edits, random_wrong_labels
+from lightning_edit.editable import GradientEditor, drawdown, edit_loss, evaluate_edits
 from lightning_edit.models import SmallCNN
 
 LAST = ["hidden.*", "classifier.*"]
 
 
 @pytest.fixture(scope="module")
-def trained():
-    L.seed_everything(0)
-    dm = DigitsDataModule()
-    dm.setup()
-    module = ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    L.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu").fit(module, dm)
-    return module.model.eval(), dm
+def trained(trained_digits):
+    module, dm = trained_digits
+    return module.model, dm
 
 
 def test_edit_loss_is_zero_iff_target_is_argmax():

@@ -24,14 +24,9 @@ from lightning_edit.robust import (
 
 
 @pytest.fixture(scope="module")
-def trained():
-    L.seed_everything(0)
-    dm = DigitsDataModule()
-    dm.setup()
-    module = ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    L.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu").fit(module, dm)
-    model = module.model.eval()
+def trained(trained_digits):
+    module, dm = trained_digits
+    model = module.model
     x, y = dm.test_set.x, dm.test_set.y
     with torch.no_grad():
         wrong = model(x).argmax(1) != y
