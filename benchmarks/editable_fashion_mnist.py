@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--drawdown-images", type=int, default=2000)
     ap.add_argument("--coef", type=float, default=0.03)
     ap.add_argument("--editor-lr", type=float, default=0.1)
+    ap.add_argument("--learn-lr", action="store_true", help="learn the editor's lr during editable training")
     args = ap.parse_args()
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
     dm.setup()
@@ -43,7 +44,7 @@ def main() -> None:
         L.seed_everything(0, verbose=False)
         module = EditableModule(
             SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=2e-3),
-            editor=GradientEditor(lr=args.editor_lr, method="sgd", max_steps=10, learn_lr=coef > 0),
+            editor=GradientEditor(lr=args.editor_lr, method="sgd", max_steps=10, learn_lr=args.learn_lr and coef > 0),
             editable_parameters=LAST, edit_coef=coef, locality_coef=coef, val_edits=0,
         )
         trainer = L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,

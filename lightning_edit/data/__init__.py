@@ -1,11 +1,13 @@
-"""Real datasets as LightningDataModules: sklearn digits, (Fashion-)MNIST IDX files, CIFAR-10 python batches."""
+"""Real datasets as LightningDataModules: sklearn digits, (Fashion-)MNIST IDX files, CIFAR-10 python batches, UCI Adult."""
 
+from lightning_edit.data.adult import AdultDataModule
 from lightning_edit.data.base import TensorDataModule
 from lightning_edit.data.cifar import CIFAR10DataModule
 from lightning_edit.data.digits import DigitsDataModule
 from lightning_edit.data.idx import FashionMNISTDataModule, MNISTDataModule, read_idx
 
 __all__ = [
+    "AdultDataModule",
     "TensorDataModule",
     "DigitsDataModule",
     "MNISTDataModule",

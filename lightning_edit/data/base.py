@@ -136,8 +136,8 @@ def _stratified_order(y: Tensor, g: torch.Generator) -> Tensor:
     return perm[torch.argsort(frac, stable=True)]
 
 
-def download(url: str, dest: Path, md5: str) -> Path:
-    """Download ``url`` to ``dest`` and verify its MD5 checksum.
+def download(url: str, dest: Path, md5: str | None) -> Path:
+    """Download ``url`` to ``dest`` and verify its MD5 checksum (skipped when ``md5`` is None).
 
     Raises:
         RuntimeError: if the download fails or the checksum differs (the partial file is removed).
@@ -150,7 +150,7 @@ def download(url: str, dest: Path, md5: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"Could not download {url}: {err}. Put the file in {dest.parent} by hand.") from err
     digest = hashlib.md5(tmp.read_bytes()).hexdigest()
-    if digest != md5:
+    if md5 is not None and digest != md5:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"Checksum mismatch for {url}: expected md5 {md5}, got {digest}.")
     tmp.rename(dest)

@@ -1,0 +1,100 @@
+"""Graph metanetwork (Kalogeropoulos, Bouritsas & Panagakis 2025; METHODS.md Sec. 3): message passing
+with node and edge updates on neural graphs, and heads that output an edited network."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.nn.aggr import MultiAggregation
+
+
+def _mlp(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.SiLU(), nn.Linear(d_out, d_out))
+
+
+class EdgeNodeLayer(nn.Module):
+    """One round: ``e ← LN(e + MLP(e, x_src, x_dst))``, then ``x ← LN(x + MLP(x, agg_in(e), agg_out(e)))``.
+
+    ``agg`` is PNA-style (Corso et al. 2020): mean, min, max and std of the incident edges
+    (torch-geometric's ``MultiAggregation``), over incoming and over outgoing edges separately.
+    Every operation is permutation-equivariant in the node order.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.edge_mlp = _mlp(3 * hidden, hidden)
+        self.agg_in = MultiAggregation(["mean", "min", "max", "std"])
+        self.agg_out = MultiAggregation(["mean", "min", "max", "std"])
+        self.node_mlp = _mlp(9 * hidden, hidden)
+        self.edge_norm, self.node_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        src, dst = edge_index
+        e = self.edge_norm(e + self.edge_mlp(torch.cat([e, x[src], x[dst]], -1)))
+        incoming = self.agg_in(e, dst, dim_size=x.shape[0])
+        outgoing = self.agg_out(e, src, dim_size=x.shape[0])
+        x = self.node_norm(x + self.node_mlp(torch.cat([x, incoming, outgoing], -1)))
+        return x, e
+
+
+class MetanetOutput(NamedTuple):
+    """Per-edge weight change ``(E, K·K)``, per-node bias change ``(N,)``, edge gate logits ``(E,)``,
+    node gate logits ``(N,)`` (used on input neurons for data minimisation)."""
+
+    delta_edge: Tensor
+    delta_node: Tensor
+    edge_gate: Tensor
+    node_gate: Tensor
+
+
+class GraphMetanetwork(nn.Module):
+    """Reads a batch of neural graphs and outputs residual edits and gates.
+
+    Args:
+        kernel_dim: edge feature size ``K·K`` (1 for MLPs).
+        num_positions: size of the positional-id vocabulary (≥ inputs + outputs + hidden layers).
+        max_layers: number of per-layer scales (≥ the deepest network's layer count).
+        hidden: width; num_layers: message-passing rounds.
+        init_scale: initial per-layer scale of the weight/bias changes (small: the untrained editor is
+            near the identity).
+        gate_bias: initial gate logit (sigmoid(4) ≈ 0.98: gates start open).
+    """
+
+    def __init__(self, kernel_dim: int = 1, num_positions: int = 256, max_layers: int = 8, hidden: int = 64,
+                 num_layers: int = 3, init_scale: float = 0.01, gate_bias: float = 4.0) -> None:
+        super().__init__()
+        self.node_in = nn.Linear(2, hidden)
+        self.edge_in = nn.Linear(kernel_dim, hidden)
+        self.position = nn.Embedding(num_positions, hidden)
+        self.layers = nn.ModuleList(EdgeNodeLayer(hidden) for _ in range(num_layers))
+        self.edge_head, self.node_head = nn.Linear(hidden, kernel_dim), nn.Linear(hidden, 1)
+        self.edge_gate_head, self.node_gate_head = nn.Linear(hidden, 1), nn.Linear(hidden, 1)
+        for head in (self.edge_gate_head, self.node_gate_head):
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, gate_bias)
+        self.scale = nn.Parameter(torch.full((max_layers + 1,), init_scale))
+        self.num_positions, self.max_layers = num_positions, max_layers
+
+    def forward(self, graph: Batch) -> MetanetOutput:
+        """Shapes: graph with ``N`` nodes and ``E`` edges -> see :class:`MetanetOutput`.
+
+        Raises:
+            ValueError: if a positional id or layer index exceeds the vocabulary (network too wide/deep).
+        """
+        if int(graph.pos.max()) >= self.num_positions or int(graph.node_layer.max()) > self.max_layers:
+            raise ValueError(
+                f"A network exceeds the metanetwork's vocabulary (positions {int(graph.pos.max()) + 1} > "
+                f"{self.num_positions} or layers {int(graph.node_layer.max())} > {self.max_layers}); "
+                "its input width or depth differs from what the editor was built for."
+            )
+        is_input = (graph.node_layer == 0).float()
+        x = self.node_in(torch.stack([graph.bias, is_input], -1)) + self.position(graph.pos)
+        e = self.edge_in(graph.edge_attr)
+        for layer in self.layers:
+            x, e = layer(x, e, graph.edge_index)
+        delta_edge = self.edge_head(e) * self.scale[graph.edge_layer][:, None]
+        delta_node = self.node_head(x).squeeze(-1) * self.scale[graph.node_layer]
+        return MetanetOutput(delta_edge, delta_node, self.edge_gate_head(e).squeeze(-1), self.node_gate_head(x).squeeze(-1))

@@ -1,0 +1,148 @@
+"""A population of small MLPs trained on a tabular dataset: the training data of a metanetwork editor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.loader import DataLoader as GraphLoader
+
+from lightning_edit.data.adult import AdultDataModule
+from lightning_edit.metanet.graph import to_graph
+
+
+def make_mlp(in_dim: int, hidden: list[int], out_dim: int = 2) -> nn.Sequential:
+    """``Linear-ReLU`` blocks of widths ``hidden`` and a ``Linear`` output."""
+    layers: list[nn.Module] = []
+    for w in hidden:
+        layers += [nn.Linear(in_dim, w), nn.ReLU()]
+        in_dim = w
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class NetworkDataset(Dataset):
+    """Trained networks of a population: item ``i`` is its neural graph, with ``net_id`` (its population index)."""
+
+    def __init__(self, models: list[nn.Module], indices: list[int]) -> None:
+        self.models, self.indices = models, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        g = to_graph(self.models[self.indices[i]])
+        g.net_id = torch.tensor([self.indices[i]])
+        return g
+
+
+class ModelZooDataModule(L.LightningDataModule):
+    """Trains (or loads from its cache) a population of MLPs on Adult, split into train/val/test networks.
+
+    Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), a seed, and
+    ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the Adult training rows. The
+    population is cached in ``root`` as tensors (``torch.save``; loaded with ``weights_only=True``) under a
+    name that hashes its configuration. Batches are dicts ``{"nets": Batch of neural graphs, "data": (x, y, s)}``.
+
+    Args:
+        data: the tabular DataModule (default :class:`AdultDataModule` reading ``data_root``).
+        num_models: population size. split: fractions of train and val networks (the rest is test).
+        widths, depths, epochs: the variation of the population. graphs_per_batch: networks per batch.
+        root: cache directory. seed: population seed.
+
+    Raises:
+        ValueError: for an empty population or an empty split.
+    """
+
+    def __init__(
+        self, num_models: int = 64, widths: list[int] = (16, 32, 64), depths: list[int] = (1, 2),
+        epochs: list[int] = (1, 2, 3), split: tuple[float, float] = (0.7, 0.15), graphs_per_batch: int = 8,
+        root: str = "data/zoo", data_root: str = "data", data: AdultDataModule | None = None, seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_models < 1:
+            raise ValueError("The population is empty: num_models must be >= 1.")
+        self.num_models, self.widths, self.depths, self.epochs = num_models, list(widths), list(depths), list(epochs)
+        self.split, self.graphs_per_batch, self.root, self.seed = split, graphs_per_batch, Path(root), seed
+        self.data = data or AdultDataModule(root=data_root)
+        self.models: list[nn.Module] = []
+        self.configs: list[dict[str, Any]] = []
+
+    def _configs(self) -> list[dict[str, Any]]:
+        rng = random.Random(self.seed)
+        return [
+            {"hidden": [rng.choice(self.widths) for _ in range(rng.choice(self.depths))],
+             "epochs": rng.choice(self.epochs), "seed": rng.randrange(2**31)}
+            for _ in range(self.num_models)
+        ]
+
+    def cache_path(self) -> Path:
+        key = json.dumps([self._configs(), self.data.num_features], sort_keys=True)
+        return self.root / f"adult_mlps_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.models:
+            return
+        self.data.setup()
+        self.configs = self._configs()
+        path = self.cache_path()
+        if path.is_file():
+            states = torch.load(path, weights_only=True)["states"]
+        else:
+            states = self._train_population()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"configs": self.configs, "states": states}, path)
+        self.models = []
+        for cfg, state in zip(self.configs, states):
+            m = make_mlp(self.data.num_features, cfg["hidden"])
+            m.load_state_dict(state)
+            self.models.append(m.eval())
+        n_train = max(1, int(self.split[0] * self.num_models))
+        n_val = int(self.split[1] * self.num_models)
+        order = torch.randperm(self.num_models, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        self.train_idx, self.val_idx, self.test_idx = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+        if not self.val_idx or not self.test_idx:
+            raise ValueError(f"{self.num_models} networks leave an empty val or test split; train a larger population.")
+
+    def _train_population(self) -> list[dict[str, torch.Tensor]]:
+        from rich.progress import Progress
+
+        x, y, _ = self.data.train_set.tensors
+        states = []
+        with Progress(transient=True) as progress:
+            task = progress.add_task("Training the network population", total=self.num_models)
+            for cfg in self.configs:
+                g = torch.Generator().manual_seed(cfg["seed"])
+                torch.manual_seed(cfg["seed"])
+                model = make_mlp(self.data.num_features, cfg["hidden"])
+                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                for _ in range(cfg["epochs"]):
+                    for idx in torch.randperm(len(y), generator=g).split(256):
+                        opt.zero_grad()
+                        F.cross_entropy(model(x[idx]), y[idx]).backward()
+                        opt.step()
+                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                progress.advance(task)
+        return states
+
+    def _loader(self, indices: list[int], shuffle: bool, data: DataLoader):
+        nets = GraphLoader(NetworkDataset(self.models, indices), batch_size=self.graphs_per_batch, shuffle=shuffle)
+        return CombinedLoader({"nets": nets, "data": data}, mode="max_size_cycle" if shuffle else "min_size")
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, True, self.data.train_dataloader())
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, False, self.data.val_dataloader())
+
+    def test_dataloader(self):
+        return self._loader(self.test_idx, False, self.data.test_dataloader())
