@@ -2,7 +2,7 @@
 (a) the trained metanetwork in one forward pass, (b) magnitude pruning, (c) magnitude pruning + one
 epoch of fine-tuning with the mask held; test accuracy and time per edit (ratio to the metanetwork's).
 
-    python benchmarks/metanet_prune_adult.py [--models 64] [--epochs 30] [--sparsity 0.6]
+    python benchmarks/metanet_prune_adult.py [--models 64] [--epochs 200] [--sparsity 0.6]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def accuracy(model, x, y) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--sparsity", type=float, default=0.6)
     args = ap.parse_args()
     L.seed_everything(0, verbose=False)

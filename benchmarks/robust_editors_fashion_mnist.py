@@ -60,10 +60,11 @@ def main() -> None:
         "fine-tune all": FineTuneEditor(lr=1e-3, max_steps=300),
         f"fine-tune {LAYER}": FineTuneEditor([LAYER], lr=1e-3, max_steps=300),
         f"1-LI {LAYER}": InterpolationEditor(LAYER, lr=1e-3, max_steps=300),
+        "1-LI, target 0.75": InterpolationEditor(LAYER, target_accuracy=0.75, lr=1e-3, max_steps=300),
         f"rank-1 {LAYER}": LowRankEditor(LAYER, rank=1, lr=1e-2, max_steps=300),
         f"rank-4 {LAYER}": LowRankEditor(LAYER, rank=4, lr=1e-2, max_steps=300),
     }
-    print(f"\n{'editor':<22} {'success':>7} {'gen noisy':>9} {'held-out':>8} {'Δclean':>7} {'ΔPGD':>6} "
+    print(f"\n{'editor':<28} {'success':>7} {'gen noisy':>9} {'held-out':>8} {'Δclean':>7} {'ΔPGD':>6} "
           f"{'Δnoise':>7} {'Δblur':>6} {'Δcontr':>7} {'ms/edit':>8}")
     for name, editor in editors.items():
         t0 = time.perf_counter()
@@ -73,7 +74,9 @@ def main() -> None:
         change = report_change(after, base)
         with torch.no_grad():
             held = float((edited(hx).argmax(1) == hy).float().mean()) if len(hx) else float("nan")
-        print(f"{name:<22} {after['edit_success']:>7.2f} {after['edit_generalisation']:>9.2f} {held:>8.2f} "
+        if isinstance(editor, InterpolationEditor):
+            name = f"{name} (α={editor.alpha:.2f})"
+        print(f"{name:<28} {after['edit_success']:>7.2f} {after['edit_generalisation']:>9.2f} {held:>8.2f} "
               f"{100 * change['clean']:>7.1f} {100 * change['pgd']:>6.1f} {100 * change['corruption/gaussian_noise']:>7.1f} "
               f"{100 * change['corruption/blur']:>6.1f} {100 * change['corruption/contrast']:>7.1f} {ms:>8.0f}", flush=True)
     print("Δ columns: change in accuracy points (edited - unedited) on the test images.")

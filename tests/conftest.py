@@ -41,3 +41,10 @@ def trained_digits() -> tuple[ClassifierModule, DigitsDataModule]:
     L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, accelerator="cpu").fit(module, dm)
     return module.eval(), dm
+
+
+@pytest.fixture
+def fresh_ddp_env(monkeypatch):
+    """Let each ddp_spawn run pick its own rendezvous port (a previous run leaves MASTER_PORT set)."""
+    for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)

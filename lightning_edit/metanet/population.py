@@ -134,9 +134,10 @@ class ModelZooDataModule(L.LightningDataModule):
                 progress.advance(task)
         return states
 
-    def _loader(self, indices: list[int], shuffle: bool, data: DataLoader):
+    def _loader(self, indices: list[int], shuffle: bool, data: DataLoader) -> CombinedLoader:
         nets = GraphLoader(NetworkDataset(self.models, indices), batch_size=self.graphs_per_batch, shuffle=shuffle)
-        return CombinedLoader({"nets": nets, "data": data}, mode="max_size_cycle" if shuffle else "min_size")
+        # One epoch = one pass over the networks; each step also draws a fresh batch of data rows.
+        return CombinedLoader({"nets": nets, "data": data}, mode="min_size")
 
     def train_dataloader(self):
         return self._loader(self.train_idx, True, self.data.train_dataloader())

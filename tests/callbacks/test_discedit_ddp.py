@@ -40,7 +40,7 @@ def run(tmp_path, strategy: str, devices: int) -> list:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path):
+def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path, fresh_ddp_env):
     single = run(tmp_path / "single", "auto", 1)
     ddp = run(tmp_path / "ddp", "ddp_spawn", 2)
     assert len(single) == 3

@@ -123,7 +123,7 @@ def _ddp_masks(tmp_path, strategy, devices):
             for n, mod in m.named_modules() if n in ("model.features.0", "model.features.4", "model.hidden")}
 
 
-def test_ddp_masks_the_same_components_as_one_process(tmp_path):
+def test_ddp_masks_the_same_components_as_one_process(tmp_path, fresh_ddp_env):
     single = _ddp_masks(tmp_path / "s", "auto", 1)
     ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2)
     assert all(single.values()) and ddp == single

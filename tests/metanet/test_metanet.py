@@ -98,7 +98,7 @@ def test_short_training_lowers_requirement_on_held_out_networks_and_sparsity_is_
             return float(editor.requirement.loss(torch.sigmoid(editor.metanet(g).edge_gate)))
 
     before = held_out_requirement()
-    L.Trainer(max_epochs=4, limit_train_batches=10, limit_val_batches=1, logger=False, enable_checkpointing=False,
+    L.Trainer(max_epochs=30, limit_val_batches=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path)).fit(editor, zoo)
     after = held_out_requirement()
     assert after < 0.5 * before, (before, after)
