@@ -144,3 +144,16 @@ class EditableModule(ClassifierModule):
             m = self.edit_metrics(edit_x, edit_y, cache)
         self.log_dict({"edit/success_rate": m.success_rate, "edit/mean_steps": m.mean_steps,
                        "edit/drawdown": m.drawdown, "edit/base_error": m.base_error}, sync_dist=True)
+        self.last_edit_metrics = m
+
+    def on_fit_end(self) -> None:
+        m = getattr(self, "last_edit_metrics", None)
+        if m is not None and self.trainer.is_global_zero:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"Editable Training: {m.num_edits} validation edits (last epoch)")
+            for col in ("base error", "edit success", "mean steps", "drawdown"):
+                table.add_column(col, justify="right")
+            table.add_row(f"{m.base_error:.2%}", f"{m.success_rate:.2f}", f"{m.mean_steps:.2f}", f"{100 * m.drawdown:+.2f} pt")
+            Console().print(table)

@@ -83,7 +83,7 @@ class AdultDataModule(L.LightningDataModule):
         self.prepare_data()
         train, test = _read(self._find("adult.data")), _read(self._find("adult.test"))
         cols = {c: i for i, c in enumerate(COLUMNS)}
-        feats, start = [], 0
+        start = 0
         num_train = torch.tensor([[float(r[cols[c]]) for c in NUMERIC] for r in train])
         mean, std = num_train.mean(0), num_train.std(0).clamp_min(1e-6)
         for c in NUMERIC:
