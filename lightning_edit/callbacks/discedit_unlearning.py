@@ -200,15 +200,10 @@ class DiscEditUnlearning(Callback):
             "fraction_masked": masked / max(1, total),
             "per_class_before": before.tolist() if before is not None else None,
         }
+        # torch.nn.utils.prune re-registers each masked Parameter as `<name>_orig` (the same tensor object), so
+        # the optimizers keep training it and need no rebuild; the mask holds the masked entries at zero.
         self._measure(trainer, pl_module, "", in_loop)
-        self._rebuild_optimizers(trainer)
         return self.report
-
-    def _rebuild_optimizers(self, trainer: L.Trainer) -> None:
-        # torch.nn.utils.prune replaced `weight` by `weight_orig` (a new Parameter name, same tensor): the
-        # optimizer still holds it, but rebuilding keeps parameter groups consistent with configure_optimizers.
-        if trainer.training and self.finetune_epochs:
-            trainer.strategy.setup_optimizers(trainer)
 
     def _per_class(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor | None:
         loader = stage_loader(trainer, "val") if self.evaluate else None

@@ -25,6 +25,13 @@ def jensen_shannon(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     return (0.5 * kl(p, m) + 0.5 * kl(q, m)).mean()
 
 
+def graph_sizes(graph: Batch) -> tuple[list[int], list[int]]:
+    """Edges and nodes of each network of a batch, from its layer specs (host-side: no device sync)."""
+    edges = [sum(s.in_dim * s.out_dim for s in specs) for specs in graph.specs]
+    nodes = [specs[0].in_dim + sum(s.out_dim for s in specs) for specs in graph.specs]
+    return edges, nodes
+
+
 @dataclass
 class WeightPruning:
     """Requirement: at most ``1 - sparsity`` of the weights (edges) survive.
@@ -86,8 +93,7 @@ class MetanetworkEditor(L.LightningModule):
     def edited_parameters(self, graph: Batch, out: MetanetOutput, templates: list[nn.Module], hard: bool) -> list[dict[str, Tensor]]:
         """Per network, the edited parameters (soft gates in training, exact gates when ``hard``)."""
         params = []
-        edge_counts = torch.bincount(graph.batch[graph.edge_index[0]], minlength=graph.num_graphs).tolist()
-        node_counts = torch.bincount(graph.batch, minlength=graph.num_graphs).tolist()
+        edge_counts, node_counts = graph_sizes(graph)
         edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts), out.edge_gate.split(edge_counts))
         nodes = zip(graph.bias.split(node_counts), out.delta_node.split(node_counts))
         for template, (w, dw, logit), (b, db) in zip(templates, edges, nodes):
@@ -99,7 +105,7 @@ class MetanetworkEditor(L.LightningModule):
         return [self.trainer.datamodule.models[int(i)] for i in graph.net_id]
 
     def _check_inputs(self, graph: Batch) -> None:
-        widths = {int(n) for n in graph.num_inputs}
+        widths = {specs[0].in_dim for specs in graph.specs}
         if self.num_inputs is None:
             self.num_inputs = widths.pop() if len(widths) == 1 else None
         if self.num_inputs is not None and widths - {self.num_inputs}:
@@ -111,7 +117,7 @@ class MetanetworkEditor(L.LightningModule):
         out = self.metanet(graph)
         templates = self._templates(graph)
         params = self.edited_parameters(graph, out, templates, hard=False)
-        edge_counts = torch.bincount(graph.batch[graph.edge_index[0]], minlength=graph.num_graphs).tolist()
+        edge_counts, _ = graph_sizes(graph)
         req = torch.stack([self.requirement.loss(torch.sigmoid(g)) for g in out.edge_gate.split(edge_counts)]).mean()
         jsd = torch.stack([
             jensen_shannon(t(x).detach(), functional_call(t, p, (x,))) for t, p in zip(templates, params)
