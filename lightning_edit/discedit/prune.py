@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from lightning_edit.discedit.structured import (
     build_dependency_graph,
     channel_groups,
     group_scores,
+    parameter_count_after,
     prunable_layers,
     select_channels,
     target_width,
@@ -133,9 +133,7 @@ def prune_channels(
             except ValueError:
                 hi = mid
                 continue
-            clone = copy.deepcopy(model)
-            apply_pruning(clone, build_dependency_graph(clone, example_input), trial)
-            kept = sum(p.numel() for p in clone.parameters()) / dense
+            kept = parameter_count_after(model, example_input, trial) / dense
             lo, hi = (mid, hi) if kept > 1.0 - sparsity else (lo, mid)
         plan = plan_for(lo)
 

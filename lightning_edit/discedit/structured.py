@@ -272,9 +272,8 @@ def target_width(original: int, sparsity: float, min_channels: int | None) -> in
     return max(w, min_channels) if min_channels is not None else w
 
 
-def parameter_count_after(model: nn.Module, example_input: Tensor, plan_fn) -> int:
-    """Parameter count of a deep copy of ``model`` pruned by ``plan_fn(copy, dg)`` (``model`` is untouched)."""
+def parameter_count_after(model: nn.Module, example_input: Tensor, plan: Mapping[str, Sequence[int]]) -> int:
+    """Parameter count of a deep copy of ``model`` with ``plan`` applied (``model`` is untouched)."""
     clone = copy.deepcopy(model)
-    dg = build_dependency_graph(clone, example_input)
-    apply_pruning(clone, dg, plan_fn(clone, dg))
+    apply_pruning(clone, build_dependency_graph(clone, example_input), plan)
     return sum(p.numel() for p in clone.parameters())

@@ -98,6 +98,7 @@ class GradientEditor(nn.Module):
 
     @property
     def lr(self) -> Tensor:
+        """The step size, ``exp(log_lr)`` (0-d tensor, differentiable when learned)."""
         return self.log_lr.exp()
 
     def run(

@@ -91,8 +91,10 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(**kwargs) -> CifarResNet:
+    """ResNet-20 for small images; ``kwargs`` as :class:`CifarResNet` (``in_channels``, ``num_classes``, ...)."""
     return CifarResNet(20, **kwargs)
 
 
 def resnet56(**kwargs) -> CifarResNet:
+    """ResNet-56 for small images; ``kwargs`` as :class:`CifarResNet` (``in_channels``, ``num_classes``, ...)."""
     return CifarResNet(56, **kwargs)

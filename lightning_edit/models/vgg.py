@@ -64,12 +64,15 @@ class VGG(nn.Module):
 
 
 def vgg11(**kwargs) -> VGG:
+    """VGG-11 for small images; ``kwargs`` as :class:`VGG` (``in_channels``, ``num_classes``, ...)."""
     return VGG("vgg11", **kwargs)
 
 
 def vgg16(**kwargs) -> VGG:
+    """VGG-16 for small images; ``kwargs`` as :class:`VGG` (``in_channels``, ``num_classes``, ...)."""
     return VGG("vgg16", **kwargs)
 
 
 def vgg19(**kwargs) -> VGG:
+    """VGG-19 for small images; ``kwargs`` as :class:`VGG` (``in_channels``, ``num_classes``, ...)."""
     return VGG("vgg19", **kwargs)
