@@ -1,10 +1,10 @@
 """``MetanetworkEditor``: train a graph metanetwork to edit networks in one forward pass
-(Kalogeropoulos, Bouritsas & Panagakis 2025; METHODS.md Sec. 3). First requirement: weight pruning."""
+(Kalogeropoulos, Bouritsas & Panagakis 2025; METHODS.md Sec. 3), under a :mod:`~lightning_edit.metanet.requirements`
+requirement (weight pruning, data minimisation, bias mitigation); :func:`compose` chains trained editors."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -15,6 +15,7 @@ from torch_geometric.data import Batch
 
 from lightning_edit.metanet.graph import architecture, to_graph, to_parameters
 from lightning_edit.metanet.model import GraphMetanetwork, MetanetOutput
+from lightning_edit.metanet.requirements import NetworkEdit, Requirement, make_requirement
 
 
 def jensen_shannon(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -32,73 +33,69 @@ def graph_sizes(graph: Batch) -> tuple[list[int], list[int]]:
     return edges, nodes
 
 
-@dataclass
-class WeightPruning:
-    """Requirement: at most ``1 - sparsity`` of the weights (edges) survive.
-
-    Training: soft gates ``g = sigmoid(logit)`` multiply the weights; loss ``relu(mean(g) - (1 - sparsity))²``
-    per network. Edit time: exactly ``round(sparsity · E)`` edges with the lowest logits are zeroed.
-    """
-
-    sparsity: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}.")
-
-    def soft_gates(self, logits: Tensor) -> Tensor:
-        return torch.sigmoid(logits)
-
-    def loss(self, gates: Tensor) -> Tensor:
-        return torch.relu(gates.mean() - (1.0 - self.sparsity)) ** 2
-
-    def hard_gates(self, logits: Tensor) -> Tensor:
-        k = int(round(self.sparsity * len(logits)))
-        keep = torch.ones_like(logits)
-        if k:
-            keep[torch.argsort(logits)[:k]] = 0.0
-        return keep
-
-
 class MetanetworkEditor(L.LightningModule):
     """Trains a :class:`GraphMetanetwork` over a population of networks (:class:`ModelZooDataModule`).
 
-    Loss per network: ``requirement(θ') + λ · JSD(f_θ, f_θ')`` on a batch of data, with
+    Loss per network: ``w · requirement(θ') + λ · JSD(f_θ, f_θ')`` on a batch of data, with
     ``θ' = (θ + Δθ) · gates`` evaluated functionally so that gradients reach the metanetwork.
-    Logged: ``train/requirement``, ``train/jsd``, ``val/accuracy`` and ``val/sparsity`` of the exactly
-    edited validation networks, ``val/accuracy_original``.
+    Logged: ``train/requirement``, ``train/jsd``; at validation/test, every network of the split is edited
+    exactly and evaluated on the whole val/test data: ``{stage}/accuracy``, ``{stage}/accuracy_original`` and
+    the requirement's measurements (``{stage}/level``, e.g. ``val/sparsity``, ``val/eo_difference``).
 
     Args:
-        sparsity: weight-pruning target in [0, 1).
+        requirement: a name in :data:`~lightning_edit.metanet.requirements.REQUIREMENTS` or a Requirement.
+        requirement_args: its arguments, e.g. ``{"sparsity": 0.6}`` or ``{"k": 5}``.
         lam: weight λ of the function-preservation term.
         hidden, num_layers, num_positions, max_layers: see :class:`GraphMetanetwork`.
         lr: Adam learning rate.
-        requirement_weight: weight of the requirement term.
+        requirement_weight: weight ``w`` of the requirement term.
 
     Raises:
-        ValueError: for a sparsity outside [0, 1) or a negative λ.
+        ValueError: an unknown requirement name or bad requirement arguments, a negative λ (at construction);
+            a requirement the data cannot meet, e.g. ``k`` above the number of inputs or no sensitive
+            attribute (at ``setup``).
     """
 
-    def __init__(self, sparsity: float = 0.5, lam: float = 1.0, hidden: int = 64, num_layers: int = 3,
-                 num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3, requirement_weight: float = 10.0) -> None:
+    def __init__(self, requirement: str = "weight_pruning", requirement_args: dict[str, Any] | None = None, lam: float = 1.0,
+                 hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
+                 requirement_weight: float = 10.0) -> None:
         super().__init__()
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
-        self.save_hyperparameters()
-        self.requirement = WeightPruning(sparsity)
+        self.requirement: Requirement = make_requirement(requirement, requirement_args)
+        self.save_hyperparameters({"requirement": self.requirement.name, "requirement_args": self.requirement.arguments(),
+                                   "lam": lam, "hidden": hidden, "num_layers": num_layers, "num_positions": num_positions,
+                                   "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight})
         self.metanet = GraphMetanetwork(1, num_positions, max_layers, hidden, num_layers)
         self.num_inputs: int | None = None
+        self._eval_data: dict[str, tuple[Tensor, ...]] = {}
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer.datamodule, "data", None) if self.trainer is not None else None
+        num_inputs = getattr(data, "num_features", None) if data is not None else None
+        if data is not None and hasattr(data, "setup"):
+            data.setup()
+            num_inputs = data.num_features
+        self.requirement.setup(data, num_inputs)
+        self._eval_data = {}
 
     # ------------------------------------------------------------------ core
+    def split_output(self, graph: Batch, out: MetanetOutput) -> list[NetworkEdit]:
+        """Per network of the batch, its specs and gate logits."""
+        edge_counts, node_counts = graph_sizes(graph)
+        return [NetworkEdit(specs, e, n) for specs, e, n in
+                zip(graph.specs, out.edge_gate.split(edge_counts), out.node_gate.split(node_counts))]
+
     def edited_parameters(self, graph: Batch, out: MetanetOutput, templates: list[nn.Module], hard: bool) -> list[dict[str, Tensor]]:
-        """Per network, the edited parameters (soft gates in training, exact gates when ``hard``)."""
+        """Per network, the edited parameters (training gates, or exact gates when ``hard``)."""
         params = []
         edge_counts, node_counts = graph_sizes(graph)
-        edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts), out.edge_gate.split(edge_counts))
+        edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts))
         nodes = zip(graph.bias.split(node_counts), out.delta_node.split(node_counts))
-        for template, (w, dw, logit), (b, db) in zip(templates, edges, nodes):
-            gate = self.requirement.hard_gates(logit) if hard else self.requirement.soft_gates(logit)
-            params.append(to_parameters(architecture(template), (w + dw) * gate[:, None], b + db, template))
+        for template, net, (w, dw), (b, db) in zip(templates, self.split_output(graph, out), edges, nodes):
+            gate = self.requirement.edge_mask(net, hard)
+            w = w + dw if gate is None else (w + dw) * gate[:, None]
+            params.append(to_parameters(architecture(template), w, b + db, template))
         return params
 
     def _templates(self, graph: Batch) -> list[nn.Module]:
@@ -111,60 +108,126 @@ class MetanetworkEditor(L.LightningModule):
         if self.num_inputs is not None and widths - {self.num_inputs}:
             raise ValueError(f"Network input width {widths} differs from the editor's {self.num_inputs}.")
 
+    @staticmethod
+    def _unpack(data: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, y, *rest = data
+        return x, y, (rest[0] if rest else None)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        graph, (x, _, _) = batch["nets"], batch["data"]
+        graph = batch["nets"]
+        x, y, s = self._unpack(batch["data"])
         self._check_inputs(graph)
         out = self.metanet(graph)
         templates = self._templates(graph)
         params = self.edited_parameters(graph, out, templates, hard=False)
-        edge_counts, _ = graph_sizes(graph)
-        req = torch.stack([self.requirement.loss(torch.sigmoid(g)) for g in out.edge_gate.split(edge_counts)]).mean()
-        jsd = torch.stack([
-            jensen_shannon(t(x).detach(), functional_call(t, p, (x,))) for t, p in zip(templates, params)
-        ]).mean()
+        reqs, jsds = [], []
+        for t, p, net in zip(templates, params, self.split_output(graph, out)):
+            logits = functional_call(t, p, (x,))
+            reqs.append(self.requirement.loss(net, logits, y, s))
+            jsds.append(jensen_shannon(t(x).detach(), logits))
+        req, jsd = torch.stack(reqs).mean(), torch.stack(jsds).mean()
         loss = self.hparams.requirement_weight * req + self.hparams.lam * jsd
         self.log_dict({"train/requirement": req, "train/jsd": jsd, "train/loss": loss}, prog_bar=True, batch_size=len(templates))
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        graph, (x, y, _) = batch["nets"], batch["data"]
+    def _eval_tensors(self, stage: str, batch_data: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "eval_tensors"):
+            return self._unpack(batch_data)
+        if stage not in self._eval_data:
+            self._eval_data[stage] = tuple(t.to(self.device) for t in dm.eval_tensors(stage))
+        return self._unpack(self._eval_data[stage])
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        graph = batch["nets"]
+        x, y, s = self._eval_tensors(stage, batch["data"])
         templates = self._templates(graph)
         params = self.edited_parameters(graph, self.metanet(graph), templates, hard=True)
-        acc = torch.stack([(functional_call(t, p, (x,)).argmax(-1) == y).float().mean() for t, p in zip(templates, params)])
-        acc0 = torch.stack([(t(x).argmax(-1) == y).float().mean() for t in templates])
-        sparsity = torch.stack([
-            torch.cat([p[f"{s.name}.weight"].flatten() for s in architecture(t)]).eq(0).float().mean()
-            for t, p in zip(templates, params)
-        ])
-        self.log_dict({"val/accuracy": acc.mean(), "val/accuracy_original": acc0.mean(), "val/sparsity": sparsity.mean()},
-                      prog_bar=True, batch_size=len(templates))
+        rows = []
+        for t, p in zip(templates, params):
+            forward = lambda inp, t=t, p=p: functional_call(t, p, (inp,))  # noqa: E731
+            row = self.requirement.measure(forward, p, architecture(t), x, y, s)
+            row["accuracy"] = (forward(x).argmax(-1) == y).float().mean()
+            row["accuracy_original"] = (t(x).argmax(-1) == y).float().mean()
+            rows.append(row)
+        self.log_dict({f"{stage}/{k}": torch.stack([r[k] for r in rows]).mean() for k in rows[0]},
+                      prog_bar=stage == "val", batch_size=len(templates))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.metanet.parameters(), lr=self.hparams.lr)
 
     # ------------------------------------------------------------------ one-pass editing
     @torch.no_grad()
-    def edit(self, model: nn.Module) -> nn.Module:
+    def edit(self, model: nn.Module | list[nn.Module]) -> nn.Module | list[nn.Module]:
         """An edited copy of ``model`` (any network the converter supports, seen in training or not), in one
-        forward pass of the metanetwork, with the requirement enforced exactly.
+        forward pass of the metanetwork, with the requirement enforced exactly. A list of networks is edited
+        in one batched pass and a list is returned.
 
         Raises:
             ValueError: unsupported layers (named), NaN/inf parameters, an input width other than the editor's.
+            RuntimeError: a data-dependent requirement (data minimisation by attribute) that was never set up.
         """
-        graph = Batch.from_data_list([to_graph(model)]).to(self.device)
-        if self.num_inputs is not None and graph.num_inputs.item() != self.num_inputs:
-            raise ValueError(f"The network has {graph.num_inputs.item()} inputs; this editor was trained on {self.num_inputs}.")
+        models = model if isinstance(model, list) else [model]
+        graph = Batch.from_data_list([to_graph(m) for m in models]).to(self.device)
+        for m in models:
+            n_in = architecture(m)[0].in_dim
+            if self.num_inputs is not None and n_in != self.num_inputs:
+                raise ValueError(f"The network has {n_in} inputs; this editor was trained on {self.num_inputs}.")
         was_training = self.metanet.training
         self.metanet.eval()
-        params = self.edited_parameters(graph, self.metanet(graph), [model], hard=True)[0]
+        all_params = self.edited_parameters(graph, self.metanet(graph), models, hard=True)
         self.metanet.train(was_training)
-        edited = copy.deepcopy(model)
-        for name, value in params.items():
-            edited.get_parameter(name).copy_(value)
-        return edited
+        edited = []
+        for m, params in zip(models, all_params):
+            e = copy.deepcopy(m)
+            for name, value in params.items():
+                e.get_parameter(name).copy_(value)
+            edited.append(e)
+        return edited if isinstance(model, list) else edited[0]
+
+    def measure(self, model: nn.Module, x: Tensor, y: Tensor, s: Tensor | None = None) -> dict[str, float]:
+        """The requirement's exact measurements and the accuracy of ``model`` on ``(x, y, s)``."""
+        return measure(self.requirement, model, x, y, s)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["num_inputs"] = self.num_inputs
+        checkpoint["requirement_state"] = self.requirement.state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.num_inputs = checkpoint.get("num_inputs")
+        self.requirement.load_state(checkpoint.get("requirement_state", {}))
+
+
+@torch.no_grad()
+def measure(requirement: Requirement, model: nn.Module, x: Tensor, y: Tensor, s: Tensor | None = None) -> dict[str, float]:
+    """``requirement``'s exact measurements (see its ``measure``) and ``accuracy`` of ``model`` on ``(x, y, s)``."""
+    params = dict(model.named_parameters())
+    row = requirement.measure(model, params, architecture(model), x, y, s)
+    row["accuracy"] = (model(x).argmax(-1) == y).float().mean()
+    return {k: float(v) for k, v in row.items()}
+
+
+@torch.no_grad()
+def compose(model: nn.Module, editors: list[MetanetworkEditor], keep_zeros: bool = True) -> nn.Module:
+    """Apply trained editors in sequence: ``editors[-1](... editors[0](model))``, one forward pass each.
+
+    With ``keep_zeros`` every weight that an earlier edit set exactly to zero (pruned weights, the outgoing
+    weights of dropped inputs) is held at zero by the later edits, so hard requirements survive later
+    edits. Without it a later editor's residual changes can revive them.
+    Soft requirements (bias mitigation) are not protected: a later edit may change them (see the README).
+    """
+    out = model
+    for editor in editors:
+        edited = editor.edit(out)
+        if keep_zeros:
+            for (name, before), after in zip(out.named_parameters(), edited.parameters()):
+                if name.endswith("weight"):
+                    after.mul_(before.ne(0))
+        out = edited
+    return out

@@ -1,4 +1,5 @@
-"""A population of small MLPs trained on a tabular dataset: the training data of a metanetwork editor."""
+"""A population of small MLPs trained on a tabular dataset (Adult, German credit): the training data of a
+metanetwork editor."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.loader import DataLoader as GraphLoader
 
 from lightning_edit.data.adult import AdultDataModule
+from lightning_edit.data.tabular import TabularDataModule
 from lightning_edit.metanet.graph import to_graph
 
 
@@ -46,15 +48,18 @@ class NetworkDataset(Dataset):
 
 
 class ModelZooDataModule(L.LightningDataModule):
-    """Trains (or loads from its cache) a population of MLPs on Adult, split into train/val/test networks.
+    """Trains (or loads from its cache) a population of MLPs on a tabular dataset, split into train/val/test networks.
 
     Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), a seed, and
-    ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the Adult training rows. The
+    ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the training rows. The
     population is cached in ``root`` as tensors (``torch.save``; loaded with ``weights_only=True``) under a
-    name that hashes its configuration. Batches are dicts ``{"nets": Batch of neural graphs, "data": (x, y, s)}``.
+    name that hashes its configuration. Batches are dicts ``{"nets": Batch of neural graphs, "data": (x, y, s)}``;
+    one epoch is one pass over the networks (the data loader is cycled when it is the shorter one).
+    :meth:`eval_tensors` gives the whole val/test data, on which editors evaluate each network.
 
     Args:
-        data: the tabular DataModule (default :class:`AdultDataModule` reading ``data_root``).
+        data: the tabular DataModule (default :class:`AdultDataModule` reading ``data_root``), e.g.
+            :class:`~lightning_edit.data.GermanCreditDataModule`.
         num_models: population size. split: fractions of train and val networks (the rest is test).
         widths, depths, epochs: the variation of the population. graphs_per_batch: networks per batch.
         root: cache directory. seed: population seed.
@@ -66,7 +71,7 @@ class ModelZooDataModule(L.LightningDataModule):
     def __init__(
         self, num_models: int = 64, widths: list[int] = (16, 32, 64), depths: list[int] = (1, 2),
         epochs: list[int] = (1, 2, 3), split: tuple[float, float] = (0.7, 0.15), graphs_per_batch: int = 8,
-        root: str = "data/zoo", data_root: str = "data", data: AdultDataModule | None = None, seed: int = 0,
+        root: str = "data/zoo", data_root: str = "data", data: TabularDataModule | None = None, seed: int = 0,
     ) -> None:
         super().__init__()
         if num_models < 1:
@@ -87,7 +92,8 @@ class ModelZooDataModule(L.LightningDataModule):
 
     def cache_path(self) -> Path:
         key = json.dumps([self._configs(), self.data.num_features], sort_keys=True)
-        return self.root / f"adult_mlps_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+        name = getattr(self.data, "name", "") or type(self.data).__name__.lower()
+        return self.root / f"{name}_mlps_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
 
     def setup(self, stage: str | None = None) -> None:
         if self.models:
@@ -137,7 +143,12 @@ class ModelZooDataModule(L.LightningDataModule):
     def _loader(self, indices: list[int], shuffle: bool, data: DataLoader) -> CombinedLoader:
         nets = GraphLoader(NetworkDataset(self.models, indices), batch_size=self.graphs_per_batch, shuffle=shuffle)
         # One epoch = one pass over the networks; each step also draws a fresh batch of data rows.
-        return CombinedLoader({"nets": nets, "data": data}, mode="min_size")
+        mode = "min_size" if len(data) >= len(nets) else "max_size_cycle"
+        return CombinedLoader({"nets": nets, "data": data}, mode=mode)
+
+    def eval_tensors(self, stage: str) -> tuple[torch.Tensor, ...]:
+        """The whole ``(x, y, s)`` of the data's ``"val"`` or ``"test"`` split."""
+        return (self.data.val_set if stage == "val" else self.data.test_set).tensors
 
     def train_dataloader(self):
         return self._loader(self.train_idx, True, self.data.train_dataloader())
