@@ -128,3 +128,36 @@ def test_metanet_prune_adult_config_end_to_end(tmp_path):
     OmegaConf.save(cfg, path)
     cli = build_cli(["fit", "--config", str(path)])
     assert float(cli.trainer.callback_metrics["val/sparsity"]) == pytest.approx(0.6, abs=0.01)
+
+
+def shrink_metanet(name: str, tmp_path: Path, **model_args) -> Path:
+    cfg = OmegaConf.load(CONFIGS / name)
+    cfg.trainer.update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=1,
+                       check_val_every_n_epoch=1, default_root_dir=str(tmp_path), accelerator="cpu",
+                       enable_progress_bar=False)
+    cfg.model.init_args.update(hidden=16, num_layers=1, **model_args)
+    cfg.data.init_args.update(num_models=8, epochs=[1], widths=[8], root=str(tmp_path / "zoo"))
+    path = tmp_path / name
+    OmegaConf.save(cfg, path)
+    return path
+
+
+@pytest.mark.parametrize("name, level, expected", [
+    ("metanet_minimise_adult.yaml", "units_used", 4.0),
+    ("metanet_minimise_german.yaml", "units_used", 17.0),
+    ("metanet_fairness_adult.yaml", "eo_difference", None),
+])
+def test_metanet_requirement_configs_end_to_end(tmp_path, name, level, expected):
+    cli = build_cli(["fit", "--config", str(shrink_metanet(name, tmp_path)), "--test_after_fit", "true"])
+    metrics = cli.trainer.callback_metrics
+    value = float(metrics[f"test/{level}"])
+    assert value == expected if expected is not None else 0.0 <= value <= 1.0
+    if "minimise" in name:
+        assert float(metrics["test/dropped_influence"]) == 0.0
+    assert 0.5 < float(metrics["test/accuracy"]) <= 1.0
+
+
+def test_unknown_requirement_in_yaml_is_a_clear_error(tmp_path):
+    path = shrink_metanet("metanet_minimise_adult.yaml", tmp_path, requirement="minimise_data")
+    with pytest.raises(ValueError, match="Unknown requirement 'minimise_data'; choose one of"):
+        build_cli(["fit", "--config", str(path)])

@@ -168,8 +168,8 @@ class DataMinimisation(Requirement):
     unit: str = "attribute"
     name: ClassVar[str] = "data_minimisation"
     level_name: ClassVar[str] = "units_used"
-    unit_names: list[str] = field(default_factory=list, init=False, repr=False)
-    unit_of_input: Tensor | None = field(default=None, init=False, repr=False)
+    unit_names: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+    unit_of_input: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.k is None) == (self.drop is None):

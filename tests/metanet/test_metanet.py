@@ -20,14 +20,6 @@ from lightning_edit.metanet.editor import jensen_shannon
 from lightning_edit.models import SmallCNN
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    dm = ModelZooDataModule(num_models=12, widths=[8, 16], depths=[1, 2], epochs=[1], graphs_per_batch=4,
-                            root=str(tmp_path_factory.mktemp("zoo")), seed=0)
-    dm.setup()
-    return dm
-
-
 def test_exact_round_trip_mlp_and_cnn():
     torch.manual_seed(0)
     mlp = make_mlp(7, [5, 4], 3)
