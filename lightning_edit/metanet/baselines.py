@@ -181,7 +181,8 @@ def results_table(rows: list[dict[str, Any]], level_name: str) -> str:
 
 def pareto_plot(rows: list[dict[str, Any]], path: str | Path, level_name: str, title: str = "") -> Path:
     """Two panels: test accuracy vs requirement level per method (means over held-out networks, with each
-    network as a faint point), and time per network (log scale). Saved as PNG at ``path``."""
+    network as a faint point), and time per network (log scale; rows with ``time_only`` appear only there).
+    Saved as PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,11 +191,13 @@ def pareto_plot(rows: list[dict[str, Any]], path: str | Path, level_name: str, t
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
     for i, r in enumerate(rows):
         color = f"C{i}"
+        if r.get("ms_per_edit") is not None:
+            bx.barh(r["method"], r["ms_per_edit"], color=color)
+        if r.get("time_only"):
+            continue
         if r.get("levels"):
             ax.scatter(r["levels"], [100 * a for a in r["accuracies"]], color=color, alpha=0.25, s=12)
         ax.scatter([r["level"]], [100 * r["accuracy"]], color=color, s=80, edgecolor="k", label=r["method"])
-        if r.get("ms_per_edit") is not None:
-            bx.barh(r["method"], r["ms_per_edit"], color=color)
     ax.set_xlabel(level_name)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
