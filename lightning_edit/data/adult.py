@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_edit.data.tabular import SHARED, TabularDataModule
+from lightning_edit.data.tabular import TabularDataModule
 
 URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/adult/"
 COLUMNS = [
@@ -16,7 +16,6 @@ COLUMNS = [
 ]
 NUMERIC = ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"]
 CATEGORICAL = [c for c in COLUMNS[:-1] if c not in NUMERIC]
-__all__ = ["AdultDataModule", "SHARED"]
 
 
 def _read(path: Path) -> list[list[str]]:

@@ -158,7 +158,7 @@ def retrain(model: nn.Module, x: Tensor, y: Tensor, s: Tensor | None, requiremen
     fresh = copy.deepcopy(model)
     torch.manual_seed(seed)
     for m in fresh.modules():
-        if hasattr(m, "reset_parameters") and m is not fresh:
+        if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     if masks:
         with torch.no_grad():

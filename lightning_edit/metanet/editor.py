@@ -71,12 +71,8 @@ class MetanetworkEditor(L.LightningModule):
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
 
     def setup(self, stage: str) -> None:
-        data = getattr(self.trainer.datamodule, "data", None) if self.trainer is not None else None
-        num_inputs = getattr(data, "num_features", None) if data is not None else None
-        if data is not None and hasattr(data, "setup"):
-            data.setup()
-            num_inputs = data.num_features
-        self.requirement.setup(data, num_inputs)
+        data = getattr(self.trainer.datamodule, "data", None)  # set up by the datamodule's own setup
+        self.requirement.setup(data, getattr(data, "num_features", None))
         self._eval_data = {}
 
     # ------------------------------------------------------------------ core
@@ -175,10 +171,9 @@ class MetanetworkEditor(L.LightningModule):
         """
         models = model if isinstance(model, list) else [model]
         graph = Batch.from_data_list([to_graph(m) for m in models]).to(self.device)
-        for m in models:
-            n_in = architecture(m)[0].in_dim
-            if self.num_inputs is not None and n_in != self.num_inputs:
-                raise ValueError(f"The network has {n_in} inputs; this editor was trained on {self.num_inputs}.")
+        widths = {specs[0].in_dim for specs in graph.specs}
+        if self.num_inputs is not None and widths != {self.num_inputs}:
+            raise ValueError(f"The network has {sorted(widths)} inputs; this editor was trained on {self.num_inputs}.")
         was_training = self.metanet.training
         self.metanet.eval()
         all_params = self.edited_parameters(graph, self.metanet(graph), models, hard=True)

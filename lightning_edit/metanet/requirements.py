@@ -91,7 +91,8 @@ def _first_layer_edges(specs: list[LayerSpec], input_mask: Tensor, num_edges: in
     return torch.cat([first, rest])
 
 
-def weights_of(params: dict[str, Tensor], specs: list[LayerSpec]) -> list[Tensor]:
+def _weights_of(params: dict[str, Tensor], specs: list[LayerSpec]) -> list[Tensor]:
+    """The weight tensors of the layers ``specs`` in ``params``, in forward order."""
     return [params[f"{s.name}.weight"] for s in specs]
 
 
@@ -132,7 +133,7 @@ class WeightPruning(Requirement):
         return torch.relu(self.soft_gates(net.edge_logits).mean() - (1.0 - self.sparsity)) ** 2
 
     def measure(self, forward, params, specs, x, y, s) -> dict[str, Tensor]:
-        w = torch.cat([p.flatten() for p in weights_of(params, specs)])
+        w = torch.cat([p.flatten() for p in _weights_of(params, specs)])
         sparsity = w.eq(0).float().mean()
         return {"level": sparsity, "sparsity": sparsity}
 
@@ -252,7 +253,7 @@ class DataMinimisation(Requirement):
         return torch.relu(soft.sum() - self.k) ** 2 / len(soft)
 
     def measure(self, forward, params, specs, x, y, s) -> dict[str, Tensor]:
-        w = weights_of(params, specs)[0]
+        w = _weights_of(params, specs)[0]
         used = w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(-1).any(0)  # (F,)
         if self.unit_of_input is not None and len(self.unit_of_input) == len(used):
             units, n_units = self.unit_of_input.to(w.device), len(self.unit_names)
@@ -326,8 +327,10 @@ class BiasMitigation(Requirement):
         return "eo_difference" if self.metric == "equalized_odds" else "dp_difference"
 
     def setup(self, data: Any | None = None, num_inputs: int | None = None) -> None:
+        if data is None:
+            return
         train_set = getattr(data, "train_set", None)
-        if data is not None and (getattr(data, "sensitive", None) is None or (train_set is not None and len(train_set[0]) < 3)):
+        if getattr(data, "sensitive", None) is None or (train_set is not None and len(train_set[0]) < 3):
             raise ValueError(f"bias_mitigation needs a sensitive attribute in every batch, (x, y, s); {type(data).__name__} "
                              "yields none. Use a tabular datamodule with sensitive='sex' (AdultDataModule, GermanCreditDataModule).")
 
