@@ -114,13 +114,16 @@ def main() -> None:
     ap.add_argument("--requirements", default=",".join(SETTINGS))
     ap.add_argument("--ft-weight", type=float, default=1.0, help="requirement weight of the fine-tune/retrain losses")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lightning_edit" / "zoo"),
+                    help="where the trained population is cached (outside the repository)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out or f"runs/metanet_requirements_{args.dataset}")
     if args.dataset == "adult":
-        zoo = ModelZooDataModule(num_models=args.models, data=AdultDataModule())
+        zoo = ModelZooDataModule(num_models=args.models, data=AdultDataModule(), root=args.cache)
     else:
-        zoo = ModelZooDataModule(num_models=args.models, data=GermanCreditDataModule(), epochs=[20, 30, 40])
+        zoo = ModelZooDataModule(num_models=args.models, data=GermanCreditDataModule(), epochs=[20, 30, 40],
+                                 root=args.cache)
     zoo.setup()
     print(f"{args.dataset}: {len(zoo.train_idx)} training / {len(zoo.test_idx)} held-out networks, "
           f"{zoo.data.num_features} input features")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import torch
 
@@ -18,13 +17,12 @@ NUMERIC = ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "ho
 CATEGORICAL = [c for c in COLUMNS[:-1] if c not in NUMERIC]
 
 
-def _read(path: Path) -> list[list[str]]:
+def _read(text: str) -> list[list[str]]:
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.reader(f, skipinitialspace=True):
-            if len(row) != len(COLUMNS) or row[0].startswith("|"):
-                continue
-            rows.append([v.strip().rstrip(".") for v in row])
+    for row in csv.reader(text.splitlines(), skipinitialspace=True):
+        if len(row) != len(COLUMNS) or row[0].startswith("|"):
+            continue
+        rows.append([v.strip().rstrip(".") for v in row])
     return rows
 
 
@@ -37,8 +35,9 @@ class AdultDataModule(TabularDataModule):
     (for data minimisation).
 
     Args:
-        root: directory holding ``adult/adult.data`` and ``adult/adult.test`` (also looked up in the
-            project's ``../shared/data``); ``download=True`` fetches them from UCI.
+        root: directory holding ``adult/adult.data`` and ``adult/adult.test``; if they are not there, the copies
+            bundled with the package are used (no download needed). ``download=True`` fetches missing files from
+            UCI and checks their MD5 sums.
         batch_size, val_size, seed: loader size, rows held out of the training file, split seed.
 
     Raises:
@@ -48,6 +47,7 @@ class AdultDataModule(TabularDataModule):
 
     name = "adult"
     FILES = ("adult.data", "adult.test")
+    MD5 = {"adult.data": "5d7c39d7b8804f071cdd1f2a7c460872", "adult.test": "35238206dfdf7f1fe215bbb874adecdc"}
     URL = URL
 
     def __init__(self, root: str = "data", download: bool = False, batch_size: int = 256, val_size: int = 2000,
@@ -61,7 +61,7 @@ class AdultDataModule(TabularDataModule):
         if self.train_set is not None:
             return
         self.prepare_data()
-        train, test = _read(self._find("adult.data")), _read(self._find("adult.test"))
+        train, test = _read(self.read_text("adult.data")), _read(self.read_text("adult.test"))
         cols = {c: i for i, c in enumerate(COLUMNS)}
         columns = lambda rows: ({c: [float(r[cols[c]]) for r in rows] for c in NUMERIC},  # noqa: E731
                                 {c: [r[cols[c]] for r in rows] for c in CATEGORICAL})

@@ -26,8 +26,8 @@ class GermanCreditDataModule(TabularDataModule):
     1 = older than 25. ``feature_groups`` maps each attribute to its columns.
 
     Args:
-        root: directory holding ``german/german.data`` (also looked up in the project's ``../shared/data``);
-            ``download=True`` fetches it from UCI.
+        root: directory holding ``german/german.data``; if it is not there, the copy bundled with the package
+            is used (no download needed). ``download=True`` fetches a missing file from UCI and checks its MD5.
         batch_size, val_size, test_size, seed: loader size, held-out rows, split seed.
 
     Raises:
@@ -37,6 +37,7 @@ class GermanCreditDataModule(TabularDataModule):
 
     name = "german"
     FILES = ("german.data",)
+    MD5 = {"german.data": "6b94c2e35480e671545e52a808a8a549"}
     URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/statlog/german/"
 
     def __init__(self, root: str = "data", download: bool = False, batch_size: int = 128, val_size: int = 200,
@@ -52,7 +53,7 @@ class GermanCreditDataModule(TabularDataModule):
         if self.train_set is not None:
             return
         self.prepare_data()
-        rows = [line.split() for line in self._find("german.data").read_text().splitlines() if line.strip()]
+        rows = [line.split() for line in self.read_text("german.data").splitlines() if line.strip()]
         bad = [i for i, r in enumerate(rows) if len(r) != 21]
         if bad:
             raise ValueError(f"german.data line {bad[0] + 1} has {len(rows[bad[0]])} fields, expected 21.")

@@ -1,8 +1,10 @@
-"""Shared parts of the tabular DataModules (UCI Adult, Statlog German credit): file lookup, one-hot
-encoding with ``feature_groups``, and ``(x, y, s)`` loaders."""
+"""Shared parts of the tabular DataModules (UCI Adult, Statlog German credit): file lookup (``root``, then the
+copies bundled with the package), one-hot encoding with ``feature_groups``, and ``(x, y, s)`` loaders."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_edit.data.base import download
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+BUNDLED = Path(__file__).resolve().parent / "uci"
+"""The original UCI files, gzip-compressed, shipped as package data (CC BY 4.0; see ``uci/README.md``)."""
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -20,14 +23,21 @@ class TabularDataModule(L.LightningDataModule):
     columns standardised with training statistics, categorical ones one-hot), ``y (N,)`` int64 binary label,
     ``s (N,)`` int64 sensitive attribute. ``feature_groups`` maps each original attribute to its columns.
 
-    Subclasses set ``name`` (the folder under ``root``), ``FILES``, ``URL`` and implement :meth:`load`.
+    Files are looked up in ``root/<name>/``, then ``root/``, then among the copies bundled with the package
+    (``lightning_edit/data/uci/*.gz``), so a fresh install works offline. Bundled and downloaded files are
+    checked against ``MD5`` (the sums of the original UCI files).
+
+    Subclasses set ``name`` (the folder under ``root``), ``FILES``, ``MD5``, ``URL`` and implement ``setup``.
 
     Raises:
-        FileNotFoundError: at ``prepare_data``/``setup`` if a file is missing and ``download`` is False.
+        FileNotFoundError: at ``prepare_data``/``setup`` if a file is in none of those places and ``download``
+            is False.
+        RuntimeError: if a bundled or downloaded file does not match its MD5 sum.
     """
 
     name = ""
     FILES: tuple[str, ...] = ()
+    MD5: dict[str, str] = {}
     URL = ""
 
     def __init__(self, root: str = "data", download: bool = False, batch_size: int = 256, sensitive: str = "sex",
@@ -40,17 +50,40 @@ class TabularDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
 
     def _find(self, file: str) -> Path | None:
-        for d in (self.root / self.name, self.root, SHARED / self.name):
-            if (d / file).is_file():
-                return d / file
+        """The file in ``root/<name>``, ``root`` or the bundled copies (``<file>.gz``); None if in none."""
+        for path in (self.root / self.name / file, self.root / file, BUNDLED / f"{file}.gz"):
+            if path.is_file():
+                return path
         return None
+
+    def read_text(self, file: str) -> str:
+        """The text of ``file`` (decompressed and MD5-checked when it is a bundled copy).
+
+        Raises:
+            FileNotFoundError: if the file is nowhere (see :meth:`prepare_data`).
+            RuntimeError: if a bundled copy does not match its MD5 sum.
+        """
+        path = self._find(file)
+        if path is None:
+            self.prepare_data()
+            path = self._find(file)
+        if path.parent == BUNDLED:
+            data = gzip.decompress(path.read_bytes())
+            digest = hashlib.md5(data).hexdigest()
+            if file in self.MD5 and digest != self.MD5[file]:
+                raise RuntimeError(f"The bundled {path} is corrupt: md5 {digest}, expected {self.MD5[file]}; "
+                                   "reinstall lightning-edit or pass root= a folder holding the UCI file.")
+            return data.decode("utf-8")
+        return path.read_text()
 
     def prepare_data(self) -> None:
         for file in self.FILES:
             if self._find(file) is None:
                 if not self.download:
-                    raise FileNotFoundError(f"{file} not found in {self.root / self.name}; pass download=True or copy the UCI files there.")
-                download(self.URL + file, self.root / self.name / file, md5=None)
+                    raise FileNotFoundError(
+                        f"{file} not found in {self.root / self.name}, {self.root} or the package's bundled copies "
+                        f"({BUNDLED}); pass download=True or copy the UCI file there.")
+                download(self.URL + file, self.root / self.name / file, md5=self.MD5.get(file))
 
     @property
     def num_features(self) -> int:
