@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,9 +34,16 @@ class ClassifierModule(L.LightningModule):
         optimizer: a callable ``params -> Optimizer`` (LightningCLI: ``optimizer:`` in YAML). Default Adam(lr=1e-3).
         lr_scheduler: optional callable ``optimizer -> LRScheduler``.
         per_class_accuracy: also log per-class accuracy on validation and test.
+        weights: path of a checkpoint (a Lightning ``.ckpt`` or a plain state dict saved with ``torch.save``)
+            whose weights initialise this module: weights only, so the Trainer starts at epoch 0 with a fresh
+            optimizer (``--model.init_args.weights trained.ckpt`` to edit a trained checkpoint; compare
+            ``ckpt_path=``, which resumes the whole training state). Pruned and masked checkpoints load too.
+            Only load files you trust (they are unpickled).
 
     Raises:
         ValueError: if ``num_classes < 2``.
+        FileNotFoundError: if ``weights`` does not exist.
+        RuntimeError: if ``weights`` does not fit the model (missing or unexpected keys, other shapes).
 
     Example::
 
@@ -55,12 +63,14 @@ class ClassifierModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         per_class_accuracy: bool = False,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
         given = _given_hyperparameters.get()  # set by LightningCLI: objects are configs there, kept as hparams
-        self.save_hyperparameters(ignore=None if given and "model" in given else list(self._object_hparams))
+        # `weights` only initialises: a saved checkpoint holds the weights themselves and must not point back to it.
+        self.save_hyperparameters(ignore=["weights"] if given and "model" in given else [*self._object_hparams, "weights"])
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
@@ -72,6 +82,24 @@ class ClassifierModule(L.LightningModule):
             self.val_acc_class = MulticlassAccuracy(num_classes, average=None)
             self.test_acc_class = MulticlassAccuracy(num_classes, average=None)
         enable_edit_reload(self)
+        if weights is not None:
+            self.load_weights(weights)
+
+    def load_weights(self, path: str) -> None:
+        """Load the weights of the checkpoint or state dict at ``path`` into this module (strict).
+
+        Raises:
+            FileNotFoundError: if there is no file at ``path``.
+            RuntimeError: if its keys or shapes do not fit this module.
+        """
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"weights={path!r}: no such file. Give the path of a .ckpt or a saved state dict.")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:
+            raise RuntimeError(f"weights={path!r} do not fit this module's model: {err}") from err
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

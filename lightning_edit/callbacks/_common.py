@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -95,15 +97,21 @@ def probe_classifier(trainer: L.Trainer, pl_module: L.LightningModule, source: s
         ``(num_classes, input_shape)`` with ``input_shape = [1, *x.shape[1:]]``.
 
     Raises:
-        ValueError: no such loader, targets that are not 1-D integer class indices, outputs that are not
-            ``(N, K)`` logits, or targets outside ``[0, K)``.
+        ValueError: no such loader or an empty one, targets that are not 1-D integer class indices, outputs that
+            are not ``(N, K)`` logits, or targets outside ``[0, K)``.
     """
     from lightning_edit.discedit.moments import check_targets
 
     loader = stage_loader(trainer, source)
     if loader is None:
         raise ValueError(f"{who} needs a {source} dataloader for calibration; none is defined.")
-    x, y = get_xy(next(iter(loader)))
+    first = next(iter(loader), None)
+    if first is None:
+        raise ValueError(
+            f"{who}: the {source} dataloader yields no batch, so there is nothing to calibrate on; give it data "
+            f"or choose the other loader with calibration_source={'val' if source == 'train' else 'train'!r}."
+        )
+    x, y = get_xy(first)
     check_targets(y)
     x = x.to(pl_module.device)
     was_training = pl_module.training
@@ -130,3 +138,92 @@ def log_metrics(trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
     trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+
+EpochSpec = int | str | None
+"""When an editing callback acts: a 0-based epoch (end of that epoch's training, before its validation),
+``"start"`` (before the first training batch of this fit, e.g. on a trained or resumed checkpoint), or None."""
+
+
+def check_edit_epoch(value: EpochSpec, name: str, allow_none: bool = False) -> None:
+    """Validate an epoch argument at construction.
+
+    Raises:
+        ValueError: a negative epoch, or a value that is neither an int nor ``"start"`` (nor None when allowed).
+    """
+    if value is None and allow_none:
+        return
+    if value == "start" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return
+    raise ValueError(f"{name} must be an epoch index >= 0 or 'start'{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def check_epoch_in_run(trainer: L.Trainer, last_epoch: int, what: str) -> None:
+    """Raise if epoch ``last_epoch`` (0-based) never runs under ``trainer.max_epochs``.
+
+    A run bounded by steps or time only (``max_epochs`` of -1 or None) is not checked.
+
+    Raises:
+        ValueError: naming both numbers, before anything changes.
+    """
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0:
+        return
+    if last_epoch >= max_epochs:
+        raise ValueError(
+            f"{what} needs epoch {last_epoch} (0-based) to run, but the Trainer stops after epoch {max_epochs - 1} "
+            f"(max_epochs={max_epochs}); raise max_epochs to at least {last_epoch + 1} or act earlier."
+        )
+
+
+def check_start_edit_ran(trainer: L.Trainer, done: bool, what: str) -> None:
+    """At the end of fit: raise if an edit asked for at ``"start"`` never ran (a resumed run with no epoch left).
+
+    Raises:
+        ValueError: naming the restored epoch and ``max_epochs``; the model was not edited.
+    """
+    if not done:
+        raise ValueError(
+            f"{what} never ran: the fit resumed at epoch {trainer.current_epoch} with max_epochs={trainer.max_epochs}, "
+            "so no training epoch was left. Raise max_epochs, or load the weights only "
+            "(ClassifierModule(weights=...)) so that the fit starts at epoch 0."
+        )
+
+
+def is_last_train_batch(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended is the epoch's last (Lightning's own flag; no host sync)."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def forget_checkpoint_scores_before_edit(trainer: L.Trainer, who: str) -> None:
+    """Make every monitoring ``ModelCheckpoint`` forget its best-k ranking after the model was edited.
+
+    Scores measured on the model before an edit do not describe the edited model; without this, a
+    checkpoint callback keeps a pre-edit file as "best" and may save (or link ``last.ckpt`` to) an edited
+    model under a pre-edit score. Files already written stay on disk: they hold the model their score
+    was measured on. The next validation ranks the edited model afresh.
+    """
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or not cb.best_k_models:
+            continue
+        dropped = sorted(cb.best_k_models)
+        cb.best_k_models = {}
+        cb.kth_best_model_path = cb.best_model_path = ""
+        cb.best_model_score = None
+        cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+        rank_zero_info(
+            f"{who}: the model was edited at epoch {trainer.current_epoch}; ModelCheckpoint(monitor={cb.monitor!r}) "
+            f"now ranks only checkpoints of the edited model (earlier files kept on disk, no longer ranked: {dropped})."
+        )
+    if trainer.state.fn == "fit" and not _validates_this_epoch(trainer):
+        rank_zero_warn(
+            f"{who}: no validation runs after the edit at epoch {trainer.current_epoch}, so any checkpoint saved at "
+            "this epoch's end is scored with metrics measured before the edit. Validate every epoch "
+            "(check_val_every_n_epoch=1) to score the edited model."
+        )
+
+
+def _validates_this_epoch(trainer: L.Trainer) -> bool:
+    every = trainer.check_val_every_n_epoch
+    has_val = getattr(trainer, "enable_validation", True) and trainer.limit_val_batches != 0
+    return bool(has_val) and (every is None or (trainer.current_epoch + 1) % every == 0)

@@ -21,10 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_edit.callbacks._common import (
+    EpochSpec,
     InputsTargets,
+    check_edit_epoch,
+    check_epoch_in_run,
+    check_start_edit_ran,
     default_inputs_targets,
     device_batches,
     evaluate_accuracy,
+    forget_checkpoint_scores_before_edit,
+    is_last_train_batch,
+    log_metrics,
     output_dir,
     probe_classifier,
     stage_loader,
@@ -37,7 +44,15 @@ from lightning_edit.discedit.structured import count_macs_params, enable_edit_re
 class DiscEditPruning(Callback):
     """Prune the least discriminative channels of the model at the end of chosen training epochs.
 
-    At each pruning epoch: collect class-conditional moments of every prunable layer's channels over
+    When: at a pruning epoch the edit happens right after the epoch's last training batch, *before* that
+    epoch's validation, so the validation metrics and every checkpoint of that epoch describe the pruned
+    model. After each prune, every ``ModelCheckpoint`` that monitors a metric forgets its best-k ranking
+    (said in the log): a score measured on the model before the edit never ranks the edited model, and the
+    "best" checkpoint after fit is the best *pruned* one. ``prune_epoch="start"`` prunes once before the first
+    training batch of the fit, for a model that is already trained (loaded weights, or ``ckpt_path``); the
+    remaining epochs fine-tune it.
+
+    At each pruning step: collect class-conditional moments of every prunable layer's channels over
     ``calibration_batches`` batches (forward hooks, float64, summed across DDP ranks), turn them into
     TV lower bounds with the chosen witness, score each channel by its worst class, remove the
     lowest-scored channels with torch-pruning, and rebuild the optimizers so training continues on
@@ -49,9 +64,10 @@ class DiscEditPruning(Callback):
         sparsity: final fraction to remove, in [0, 1): of each layer's channels (``sparsity_type="channels"``)
             or of the model's parameters (``"parameters"``, reached by bisection on the channel fraction).
         sparsity_type: ``"channels"`` or ``"parameters"``.
-        prune_epoch: prune at the end of this (0-based) training epoch.
+        prune_epoch: prune at the end of this (0-based) training epoch (before its validation), or ``"start"``:
+            once, before the first training batch of this fit (edit a trained checkpoint, then fine-tune).
         end_epoch: if given, prune gradually at the end of every epoch from ``prune_epoch`` to ``end_epoch``
-            following ``schedule``; each step rescores the already pruned model.
+            following ``schedule``; each step rescores the already pruned model. Not with ``"start"``.
         schedule: ``"linear"`` or ``"cubic"`` (Zhu & Gupta 2018) sparsity ramp for gradual pruning.
         witness: a name in :data:`lightning_edit.discedit.WITNESS_FUNCTIONS` (``"fisher"``: linear witness on
             ``[s, s²]``, the default; ``"fisher_linear"``, ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
@@ -72,9 +88,12 @@ class DiscEditPruning(Callback):
 
     Raises:
         ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
-            schedule or sparsity type, ``end_epoch < prune_epoch``, ``min_channels < 1``; at ``setup`` for a model
-            with no prunable layer, calibration targets that are not class indices (or exceed the model's
-            outputs), or a layer that would be pruned to zero width.
+            schedule or sparsity type, ``end_epoch < prune_epoch``, ``end_epoch`` with ``"start"``,
+            ``min_channels < 1``; at ``setup`` for a model with no prunable layer, a pruning epoch at or past
+            ``trainer.max_epochs`` (it would never run), an empty calibration loader, calibration targets that
+            are not class indices (or exceed the model's outputs), or a layer that would be pruned to zero
+            width; at a prune, before the model changes, for non-finite (NaN/inf) calibration statistics or
+            scores (the message names the first such layer).
 
     Example::
 
@@ -89,7 +108,7 @@ class DiscEditPruning(Callback):
         self,
         sparsity: float = 0.5,
         sparsity_type: Literal["channels", "parameters"] = "channels",
-        prune_epoch: int = 0,
+        prune_epoch: EpochSpec = 0,
         end_epoch: int | None = None,
         schedule: Literal["linear", "cubic"] = "linear",
         witness: str = "fisher",
@@ -117,14 +136,18 @@ class DiscEditPruning(Callback):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
         self.witness = get_witness(witness)
-        if prune_epoch < 0 or (end_epoch is not None and end_epoch < prune_epoch):
+        check_edit_epoch(prune_epoch, "prune_epoch")
+        if prune_epoch == "start" and end_epoch is not None:
+            raise ValueError("prune_epoch='start' prunes once; drop end_epoch, or give an epoch index for gradual pruning.")
+        if end_epoch is not None and end_epoch < prune_epoch:
             raise ValueError(f"Need 0 <= prune_epoch <= end_epoch, got prune_epoch={prune_epoch}, end_epoch={end_epoch}.")
         if min_channels is not None and min_channels < 1:
             raise ValueError(f"min_channels must be >= 1 (or None), got {min_channels}.")
         if calibration_batches is not None and calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1 or None, got {calibration_batches}.")
         self.sparsity, self.sparsity_type, self.schedule = sparsity, sparsity_type, schedule
-        self.prune_epochs = list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
+        self.at_start = prune_epoch == "start"
+        self.prune_epochs = [] if self.at_start else list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
         self.witness_name, self.importance, self.scope = witness, importance, scope
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.layer_patterns, self.min_channels = layers, min_channels
@@ -140,7 +163,8 @@ class DiscEditPruning(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(sparsity=self.sparsity, epochs=tuple(self.prune_epochs), witness=self.witness_name)
+        epochs = ("start",) if self.at_start else tuple(self.prune_epochs)
+        return self._generate_state_key(sparsity=self.sparsity, epochs=epochs, witness=self.witness_name)
 
     def get_inputs_targets(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``batch -> (inputs, class_indices)``; override in a subclass for other batch structures."""
@@ -148,7 +172,7 @@ class DiscEditPruning(Callback):
 
     def step_sparsity(self, step: int) -> float:
         """Target sparsity after pruning step ``step`` (0-based) of ``len(self.prune_epochs)``."""
-        frac = (step + 1) / len(self.prune_epochs)
+        frac = (step + 1) / max(1, len(self.prune_epochs))
         if self.schedule == "cubic":
             frac = 1.0 - (1.0 - frac) ** 3
         return self.sparsity * frac
@@ -159,6 +183,9 @@ class DiscEditPruning(Callback):
         enable_edit_reload(pl_module)  # a resumed checkpoint's pruning is replayed before its weights load
         if stage != "fit":
             return
+        if self.prune_epochs:
+            epochs = f"prune_epoch={self.prune_epochs[0]}" + (f", end_epoch={self.prune_epochs[-1]}" if len(self.prune_epochs) > 1 else "")
+            check_epoch_in_run(trainer, self.prune_epochs[-1], f"DiscEditPruning({epochs})")
         layers = prunable_layers(pl_module, self.layer_patterns)
         self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
         self.num_classes, self.input_shape = probe_classifier(
@@ -174,16 +201,37 @@ class DiscEditPruning(Callback):
 
     # ------------------------------------------------------------------ the edit
     @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_start and not self.events:
+            check_epoch_in_run(trainer, trainer.current_epoch, "DiscEditPruning(prune_epoch='start') fine-tuning")
+            self.prune(trainer, pl_module, self.sparsity, in_loop=False)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if is_last_train_batch(trainer):
+            self._prune_if_due(trainer, pl_module)
+
+    def _prune_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch in self.prune_epochs and not any(e["epoch"] == epoch for e in self.events):
+            self.prune(trainer, pl_module, self.step_sparsity(self.prune_epochs.index(epoch)))
+
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if epoch in self.prune_epochs:
-            self.prune(trainer, pl_module, self.step_sparsity(self.prune_epochs.index(epoch)))
+        self._prune_if_due(trainer, pl_module)  # only if no last batch was seen (e.g. an iterable of unknown length)
         params = sum(p.numel() for p in pl_module.parameters())
         acc = trainer.callback_metrics.get("val_acc")
         self.curve.append({"epoch": epoch, "params": params, "val_acc": float(acc) if acc is not None else math.nan})
 
-    def prune(self, trainer: L.Trainer, pl_module: L.LightningModule, sparsity: float) -> dict[str, Any]:
-        """Score, select and remove channels so that the model reaches ``sparsity``; returns the event record."""
+    def prune(self, trainer: L.Trainer, pl_module: L.LightningModule, sparsity: float, in_loop: bool = True) -> dict[str, Any]:
+        """Score, select and remove channels so that the model reaches ``sparsity``; returns the event record.
+
+        Raises:
+            ValueError: before the model changes, for calibration data with fewer than two classes or
+                non-finite statistics or scores.
+        """
         device = pl_module.device
         example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
         if self.dense_macs_params is None:
@@ -210,11 +258,13 @@ class DiscEditPruning(Callback):
             self.original_widths, self.dense_macs_params[1],
         )
         self._rewire_training(trainer, pl_module)
+        forget_checkpoint_scores_before_edit(trainer, "DiscEditPruning")
 
         macs, params = count_macs_params(pl_module, example)
         removed = result.removed
         event = {
             "epoch": trainer.current_epoch,
+            "at_start": not in_loop,
             "target_sparsity": sparsity,
             "sparsity": result.sparsity,
             "removed": removed,
@@ -224,11 +274,12 @@ class DiscEditPruning(Callback):
             "acc_after": self._accuracy(pl_module, val_loader),
         }
         self.events.append(event)
-        pl_module.log_dict({f"discedit/{k}": float(event[k]) for k in ("sparsity", "params", "macs")})
+        metrics = {f"discedit/{k}": float(event[k]) for k in ("sparsity", "params", "macs")}
         if event["acc_before"] is not None:
-            pl_module.log_dict({"discedit/acc_before": event["acc_before"], "discedit/acc_after": event["acc_after"]})
+            metrics.update({"discedit/acc_before": event["acc_before"], "discedit/acc_after": event["acc_after"]})
+        log_metrics(trainer, pl_module, metrics, in_loop)
         rank_zero_info(
-            f"DISCEDIT-SP epoch {event['epoch']}: removed {removed} channels (sparsity {event['sparsity']:.1%}), "
+            f"DISCEDIT-SP {'before' if not in_loop else 'end of'} epoch {event['epoch']}: removed {removed} channels (sparsity {event['sparsity']:.1%}), "
             f"params {params:,}, MACs {macs:,}"
             + (f", val acc {acc_before:.4f} -> {event['acc_after']:.4f}" if acc_before is not None else "")
         )
@@ -276,6 +327,8 @@ class DiscEditPruning(Callback):
     # ------------------------------------------------------------------ report
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_start:
+            check_start_edit_ran(trainer, bool(self.events), "DiscEditPruning(prune_epoch='start')")
         if self.events:
             self._report(trainer, pl_module)
 

@@ -17,10 +17,16 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_edit.callbacks._common import (
+    EpochSpec,
     InputsTargets,
+    check_edit_epoch,
+    check_epoch_in_run,
+    check_start_edit_ran,
     default_inputs_targets,
     device_batches,
     evaluate_accuracy,
+    forget_checkpoint_scores_before_edit,
+    is_last_train_batch,
     log_metrics,
     output_dir,
     probe_classifier,
@@ -48,6 +54,14 @@ class DiscEditUnlearning(Callback):
     remaining-class sample of the same batch (no host sync; batch size unchanged), and training stops
     when they are done.
 
+    When: at ``unlearn_epoch`` the masks are applied right after the epoch's last training batch, *before*
+    that epoch's validation, so its validation metrics and checkpoints describe the edited model; every
+    ``ModelCheckpoint`` that monitors a metric then forgets its best-k ranking (said in the log), so no
+    pre-edit score ranks the edited model. ``unlearn_epoch="start"`` edits before the first training batch
+    of the fit: a trained model (loaded weights or ``ckpt_path``) forgets the classes, is fine-tuned for
+    ``finetune_epochs`` and training stops. ``unlearn_epoch=None`` edits at the end of fit, after the last
+    checkpoint: the edited model is in memory only (use ``"start"`` to get it checkpointed).
+
     Logged (``unlearn/...``): ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``,
     ``retain_acc_after``, ``FA`` (drop of forget-class accuracy, points of accuracy in [0, 1]),
     ``RA`` (drop of remaining-class accuracy), ``fraction_masked``; after fine-tuning the same with
@@ -58,7 +72,9 @@ class DiscEditUnlearning(Callback):
         forget_classes: class indices to forget.
         ratio: fraction of components to mask, in (0, 1), per layer (``scope="layer"``) or overall (``"global"``).
         std_threshold: instead of ``ratio``, mask ``r_j > mean + k·std`` per layer (the authors' rule, k in 1.25..2.5).
-        unlearn_epoch: act at the end of this training epoch; None acts at the end of fit (no fine-tuning).
+        unlearn_epoch: act at the end of this (0-based) training epoch, before its validation; ``"start"``: before
+            the first training batch of this fit (needs ``finetune_epochs >= 1``); None: at the end of fit (no
+            fine-tuning, no checkpoint of the edited model).
         finetune_epochs: epochs of fine-tuning on the remaining classes after the edit (then training stops).
         witness: witness name (:data:`lightning_edit.discedit.WITNESS_FUNCTIONS`).
         importance: ``"discedit"``, or a baseline masking as many components: ``"l1"``, ``"random"``;
@@ -74,10 +90,13 @@ class DiscEditUnlearning(Callback):
 
     Raises:
         ValueError: at construction for an empty class list, a ratio outside (0, 1), fine-tuning without an
-            ``unlearn_epoch``, an unknown witness or importance; at setup for classes outside the model's
-            outputs or covering all of them, calibration targets that are not class indices, or tuple
-            batches when fine-tuning (they cannot be edited in place: use lists or dicts); at the edit for
-            a forget class absent from the calibration batches (the model is left unchanged).
+            ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance; at setup for
+            an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
+            ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
+            model's outputs or covering all of them, an empty calibration loader, calibration targets that are
+            not class indices, or tuple batches when fine-tuning (they cannot be edited in place: use lists or
+            dicts); at the edit, before the model changes, for a forget class absent from the calibration
+            batches or non-finite (NaN/inf) calibration statistics or scores (naming the first such layer).
 
     Example::
 
@@ -90,7 +109,7 @@ class DiscEditUnlearning(Callback):
         forget_classes: list[int],
         ratio: float | None = 0.1,
         std_threshold: float | None = None,
-        unlearn_epoch: int | None = None,
+        unlearn_epoch: EpochSpec = None,
         finetune_epochs: int = 0,
         witness: str = "fisher",
         importance: Literal["discedit", "l1", "random", "none"] = "discedit",
@@ -107,8 +126,14 @@ class DiscEditUnlearning(Callback):
             raise ValueError("forget_classes is empty; name at least one class index to forget.")
         if std_threshold is None and (ratio is None or not 0.0 < ratio < 1.0):
             raise ValueError(f"masking ratio must be in (0, 1), got {ratio}.")
+        check_edit_epoch(unlearn_epoch, "unlearn_epoch", allow_none=True)
         if finetune_epochs < 0 or (finetune_epochs > 0 and unlearn_epoch is None):
             raise ValueError("finetune_epochs > 0 needs an unlearn_epoch (fine-tuning happens in the following epochs).")
+        if unlearn_epoch == "start" and finetune_epochs < 1:
+            raise ValueError(
+                "unlearn_epoch='start' needs finetune_epochs >= 1 (the edit is checkpointed by the fine-tuning epochs); "
+                "to edit without fine-tuning use lightning_edit.discedit.unlearn() on the trained model."
+            )
         if importance not in ("discedit", "l1", "random", "none"):
             raise ValueError(f"importance must be 'discedit', 'l1', 'random' or 'none', got {importance!r}.")
         if scope not in ("layer", "global"):
@@ -140,6 +165,11 @@ class DiscEditUnlearning(Callback):
         enable_edit_reload(pl_module)
         if stage != "fit":
             return
+        if isinstance(self.unlearn_epoch, int):
+            check_epoch_in_run(
+                trainer, self.unlearn_epoch + self.finetune_epochs,
+                f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch}, finetune_epochs={self.finetune_epochs})",
+            )
         prunable_layers(pl_module, self.layer_patterns)
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
@@ -155,18 +185,41 @@ class DiscEditUnlearning(Callback):
 
     # ------------------------------------------------------------------ the edit
     @override
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if self.done_epoch is None and epoch == self.unlearn_epoch:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.unlearn_epoch == "start" and self.done_epoch is None:
+            check_epoch_in_run(
+                trainer, trainer.current_epoch + self.finetune_epochs - 1,
+                f"DiscEditUnlearning(unlearn_epoch='start', finetune_epochs={self.finetune_epochs}) from epoch "
+                f"{trainer.current_epoch}",
+            )
+            self.forget(trainer, pl_module, in_loop=False)
+            self.done_epoch = trainer.current_epoch - 1  # fine-tuning is this epoch and the next ones
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if is_last_train_batch(trainer):
+            self._forget_if_due(trainer, pl_module)
+
+    def _forget_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done_epoch is None and trainer.current_epoch == self.unlearn_epoch:
             self.forget(trainer, pl_module, in_loop=True)
             if self.finetune_epochs == 0:
                 trainer.should_stop = True
-        elif self.done_epoch is not None and epoch == self.done_epoch + self.finetune_epochs:
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.done_epoch is None:
+            self._forget_if_due(trainer, pl_module)  # only if no last batch was seen (e.g. an iterable of unknown length)
+        elif self.finetune_epochs and epoch == self.done_epoch + self.finetune_epochs:
             self._measure(trainer, pl_module, "_ft", in_loop=True)
             trainer.should_stop = True
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.unlearn_epoch == "start":
+            check_start_edit_ran(trainer, self.done_epoch is not None, "DiscEditUnlearning(unlearn_epoch='start')")
         if self.unlearn_epoch is None and self.done_epoch is None:
             self.forget(trainer, pl_module, in_loop=False)
         if self.report:
@@ -202,6 +255,8 @@ class DiscEditUnlearning(Callback):
         }
         # torch.nn.utils.prune re-registers each masked Parameter as `<name>_orig` (the same tensor object), so
         # the optimizers keep training it and need no rebuild; the mask holds the masked entries at zero.
+        if self.importance != "none" and self.unlearn_epoch is not None:
+            forget_checkpoint_scores_before_edit(trainer, "DiscEditUnlearning")
         self._measure(trainer, pl_module, "", in_loop)
         return self.report
 

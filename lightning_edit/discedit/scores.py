@@ -125,11 +125,14 @@ def score_components(
         layer name -> ``(C_out,)`` float64.
 
     Raises:
-        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, or no
-            calibration batch; and whatever ``check_counts`` raises.
+        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, no
+            calibration batch, non-finite (NaN/inf) statistics or scores (naming the first such layer); and
+            whatever ``check_counts`` raises.
     """
     if importance == "l1":
-        return {n: l1_norm_scores(m) for n, m in layers.items()}
+        scores = {n: l1_norm_scores(m) for n, m in layers.items()}
+        check_finite(scores, "l1 scores (weights)")
+        return scores
     if importance == "random":
         return {n: random_scores(m.weight.shape[0], generator) for n, m in layers.items()}
     if importance != "discedit":
@@ -145,4 +148,27 @@ def score_components(
             m.all_reduce(reduce_sum)
     if check_counts is not None:
         check_counts(next(iter(moments.values())).count)
-    return {n: score(m, w) for n, m in moments.items()}
+    check_finite({n: torch.stack([m.sum.sum(), m.sum_outer.sum()]) for n, m in moments.items()},
+                 "calibration statistics (activations)")
+    scores = {n: score(m, w) for n, m in moments.items()}
+    check_finite(scores, f"{importance} scores")
+    return scores
+
+
+def check_finite(tensors: Mapping[str, Tensor], what: str) -> None:
+    """Raise before anything changes if any tensor holds NaN/inf, naming the first such layer (one host sync).
+
+    Raises:
+        ValueError: naming the layer, for non-finite values.
+    """
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).cpu()
+    if not bool(finite.all()):
+        names = list(tensors)
+        first = names[int((~finite).nonzero()[0])]
+        raise ValueError(
+            f"Non-finite (NaN/inf) {what} at layer {first!r} (first of {int((~finite).sum())} such layers); the model "
+            "was not changed. Check its weights and inputs for NaN/inf (e.g. a diverged training run or "
+            "un-normalised data) before editing."
+        )
