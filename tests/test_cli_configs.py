@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def shrink(name: str, tmp_path: Path, callback: dict | None = None, max_epochs: 
         target[k] = v
     for k, v in data_args.items():
         cfg.data.init_args[k] = v
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     OmegaConf.save(cfg, path)  # interpolations stay as ${...}: the omegaconf parser mode resolves them
     return path
@@ -46,6 +48,65 @@ def test_main_digits_config_end_to_end(tmp_path, capsys):
     assert "DISCEDIT-SP: model before / after" in out and "MACs" in out
     assert list(tmp_path.rglob("discedit_pruning.png"))
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_readme_test_command_tests_the_final_model(tmp_path):
+    """`lightning-edit test --ckpt_path <root>/checkpoints/last.ckpt` (README) scores the model fit ended with,
+    and the best checkpoint holds a pruned model."""
+    cfg = shrink("discedit_prune_digits.yaml", tmp_path, {"prune_epoch": 1, "end_epoch": 2, "calibration_batches": 2}, 4)
+    cli = build_cli(["fit", "--config", str(cfg)])
+    final = float(cli.trainer.callback_metrics["test_acc"])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    tested = build_cli(["test", "--config", str(cfg), "--ckpt_path", str(last)])
+    assert float(tested.trainer.callback_metrics["test_acc"]) == pytest.approx(final, abs=1e-6)
+    best = [p for p in (tmp_path / "checkpoints").glob("best-*.ckpt")]
+    assert len(best) == 1 and int(best[0].name.split("epoch=")[1].split("-")[0]) >= 2  # ranked after the last prune
+
+
+def test_edit_trained_checkpoint_configs_end_to_end(tmp_path):
+    """README "Edit a trained checkpoint": train, then unlearn and prune the trained weights (fit starts at epoch 0)."""
+    build_cli(["fit", "--config", str(shrink("train_digits.yaml", tmp_path / "train", {}, 3))])
+    weights = str(tmp_path / "train" / "checkpoints" / "last.ckpt")
+    cfg = shrink("discedit_unlearn_pretrained_digits.yaml", tmp_path / "u", {"calibration_batches": 4}, 1)
+    cli = build_cli(["fit", "--config", str(cfg), "--model.init_args.weights", weights])
+    report = cli.trainer.callbacks[0].report
+    assert report["retain_acc_before"] > 0.5  # the trained weights were loaded, not a fresh init
+    assert report["forget_acc_after_ft"] < report["forget_acc_before"] and "test_acc" in cli.trainer.callback_metrics
+    assert (tmp_path / "u" / "checkpoints" / "last.ckpt").is_file()
+    cfg = shrink("discedit_prune_pretrained_digits.yaml", tmp_path / "p", {"calibration_batches": 4}, 1)
+    cli = build_cli(["fit", "--config", str(cfg), "--model.init_args.weights", weights])
+    event = cli.trainer.callbacks[0].events[0]
+    assert event["at_start"] and event["acc_before"] > 0.5
+    assert cli.model.model.features[0].out_channels == 16  # 32 * (1 - 0.5)
+
+
+def test_help_introduces_the_tool_and_lists_our_classes(capsys):
+    with pytest.raises(SystemExit):
+        build_cli(["--help"])
+    out = capsys.readouterr().out
+    assert "lightning-edit: edit trained networks" in out
+    for name in ("DiscEditPruning:", "DiscEditUnlearning:", "RobustEditReport:", "ClassifierModule:", "EditableModule:",
+                 "MetanetworkEditor:", "DigitsDataModule:", "AdultDataModule:", "ModelZooDataModule:", "SmallCNN:"):
+        assert name in out
+
+
+def test_short_class_names_resolve_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--data", "DigitsDataModule", "--model", "ClassifierModule", "--model.model", "SmallCNN",
+                   "--trainer.callbacks+=DiscEditPruning", "--print_config"])
+    out = capsys.readouterr().out
+    for path in ("lightning_edit.data.DigitsDataModule", "lightning_edit.ClassifierModule",
+                 "lightning_edit.models.SmallCNN", "lightning_edit.callbacks.DiscEditPruning"):
+        assert f"class_path: {path}" in out
+
+
+def test_cli_silences_only_the_treespec_deprecation(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_cli(["fit", "--config", str(shrink("discedit_prune_digits.yaml", tmp_path, max_epochs=1))])
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    with pytest.warns(FutureWarning, match="LeafSpec"):
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")

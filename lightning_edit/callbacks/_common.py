@@ -200,8 +200,9 @@ def forget_checkpoint_scores_before_edit(trainer: L.Trainer, who: str) -> None:
 
     Scores measured on the model before an edit do not describe the edited model; without this, a
     checkpoint callback keeps a pre-edit file as "best" and may save (or link ``last.ckpt`` to) an edited
-    model under a pre-edit score. Files already written stay on disk: they hold the model their score
-    was measured on. The next validation ranks the edited model afresh.
+    model under a pre-edit score. The pre-edit files of a top-k callback (``save_top_k > 0``) are removed,
+    as the callback itself would remove outranked files; with ``save_top_k=-1`` they stay on disk, unranked.
+    The next validation ranks the edited model afresh.
     """
     for cb in trainer.checkpoint_callbacks:
         if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or not cb.best_k_models:
@@ -211,9 +212,15 @@ def forget_checkpoint_scores_before_edit(trainer: L.Trainer, who: str) -> None:
         cb.kth_best_model_path = cb.best_model_path = ""
         cb.best_model_score = None
         cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+        # A top-k callback would have deleted these once outranked; an edited model outranks them by definition.
+        removable = [p for p in dropped if cb.save_top_k > 0 and p != cb.last_model_path]
+        for path in removable:
+            trainer.strategy.remove_checkpoint(path)
+        kept = [p for p in dropped if p not in removable]
         rank_zero_info(
             f"{who}: the model was edited at epoch {trainer.current_epoch}; ModelCheckpoint(monitor={cb.monitor!r}) "
-            f"now ranks only checkpoints of the edited model (earlier files kept on disk, no longer ranked: {dropped})."
+            f"now ranks only checkpoints of the edited model. Pre-edit checkpoints removed (top-k): {removable or 'none'}"
+            + (f"; kept on disk but no longer ranked: {kept}" if kept else "") + "."
         )
     if trainer.state.fn == "fit" and not _validates_this_epoch(trainer):
         rank_zero_warn(

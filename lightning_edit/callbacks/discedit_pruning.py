@@ -258,7 +258,8 @@ class DiscEditPruning(Callback):
             self.original_widths, self.dense_macs_params[1],
         )
         self._rewire_training(trainer, pl_module)
-        forget_checkpoint_scores_before_edit(trainer, "DiscEditPruning")
+        if result.removed:
+            forget_checkpoint_scores_before_edit(trainer, "DiscEditPruning")
 
         macs, params = count_macs_params(pl_module, example)
         removed = result.removed

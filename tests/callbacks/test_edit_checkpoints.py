@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -67,6 +68,8 @@ def test_best_checkpoint_score_is_the_score_of_the_model_it_holds(tmp_path, edit
         assert torch.load(path, weights_only=False)["epoch"] >= last_edit_epoch
     acc, fresh = reloaded_val_acc(tmp_path, ckpt.best_model_path)
     assert acc == pytest.approx(float(ckpt.best_model_score), abs=1e-6)
+    on_disk = {p.name for p in (tmp_path / "ckpt").glob("*.ckpt")} - {"last.ckpt"}
+    assert on_disk == {Path(p).name for p in ckpt.best_k_models}  # pre-edit top-k files were removed
 
 
 def test_edit_happens_before_that_epochs_validation(tmp_path):
