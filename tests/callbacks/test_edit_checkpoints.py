@@ -190,3 +190,17 @@ def test_weights_argument_errors(tmp_path):
     torch.save(SmallCNN(1, 10).state_dict(), tmp_path / "other.pt")
     with pytest.raises(RuntimeError, match="do not fit"):
         module(weights=str(tmp_path / "other.pt"))
+
+
+def test_best_checkpoint_score_holds_under_bf16_mixed(tmp_path):
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_acc", mode="max")
+    edit = DiscEditPruning(sparsity=0.5, prune_epoch=1, calibration_batches=4, plot=False)
+    trainer = make_trainer(tmp_path, [edit, ckpt], max_epochs=3, enable_checkpointing=True, limit_train_batches=6,
+                           precision="bf16-mixed")
+    trainer.fit(module(), datamodule=DigitsDataModule(batch_size=64))
+    fresh = ClassifierModule.load_from_checkpoint(ckpt.best_model_path, model=small())
+    acc = make_trainer(tmp_path, precision="bf16-mixed").validate(fresh, datamodule=DigitsDataModule(batch_size=64),
+                                                                  verbose=False)[0]["val_acc"]
+    assert acc == pytest.approx(float(ckpt.best_model_score), abs=1e-6)
+    assert fresh.model.features[0].out_channels == 8

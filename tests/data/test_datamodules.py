@@ -78,3 +78,41 @@ def test_real_fashion_mnist_sizes():
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
     assert torch.equal(torch.bincount(dm.test_set.y), torch.full((10,), 1000))
+
+
+def test_tabular_data_ships_with_the_package(tmp_path):
+    """Adult and German credit load from the bundled UCI files when ``root`` holds nothing (a fresh clone)."""
+    from lightning_edit.data import AdultDataModule, GermanCreditDataModule
+    from lightning_edit.data.tabular import BUNDLED
+
+    adult = AdultDataModule(root=str(tmp_path))
+    adult.setup()
+    assert adult._find("adult.data").parent == BUNDLED
+    assert (len(adult.train_set), len(adult.val_set), len(adult.test_set)) == (30561, 2000, 16281)
+    assert len(adult.feature_groups) == 14
+    german = GermanCreditDataModule(root=str(tmp_path))
+    german.setup()
+    assert (len(german.train_set), len(german.val_set), len(german.test_set)) == (600, 200, 200)
+    assert german.num_features == 61
+
+
+def test_tabular_root_takes_precedence_and_bundled_copies_are_checksummed(tmp_path, monkeypatch):
+    import gzip
+
+    import lightning_edit.data.tabular as tabular
+    from lightning_edit.data import GermanCreditDataModule
+
+    text = gzip.decompress((tabular.BUNDLED / "german.data.gz").read_bytes())
+    (tmp_path / "german").mkdir()
+    (tmp_path / "german" / "german.data").write_bytes(text)
+    assert GermanCreditDataModule(root=str(tmp_path))._find("german.data") == tmp_path / "german" / "german.data"
+
+    corrupt = tmp_path / "bundled"
+    corrupt.mkdir()
+    (corrupt / "german.data.gz").write_bytes(gzip.compress(text.replace(b"A11", b"A12", 1)))
+    monkeypatch.setattr(tabular, "BUNDLED", corrupt)
+    with pytest.raises(RuntimeError, match="corrupt: md5"):
+        GermanCreditDataModule(root=str(tmp_path / "empty")).setup()
+    (corrupt / "german.data.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="pass download=True"):
+        GermanCreditDataModule(root=str(tmp_path / "empty")).setup()
