@@ -6,6 +6,8 @@ edit generalisation."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 import lightning as L
@@ -16,46 +18,69 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_edit.callbacks._common import InputsTargets, default_inputs_targets, device_batches, log_metrics, stage_loader
+from lightning_edit.edit import EDITORS, make_editor
 from lightning_edit.robust.editors import Editor
-from lightning_edit.robust.report import report_change, robustness_report
+from lightning_edit.robust.report import collateral_shift, report_change, robustness_report
 
 
 class RobustEditReport(Callback):
-    """Robustness of the trained model and of an edit of it.
+    """Robustness of the trained model and of edits of it, under Brown et al.'s edit protocol.
 
-    The edit set is the first ``num_edits`` misclassified samples of the validation batches (of class
-    ``edit_class`` when given), to be fixed to their true labels. The editor edits the wrapped classifier
-    (``pl_module.model`` when it exists, else the LightningModule); the trained model is not changed.
+    The misclassified samples of the validation batches (of class ``edit_class`` when given) are split: the first
+    ``num_edits`` are the edit set, to be fixed to their true labels; the rest are the held-out set of the same kind
+    (does the fix generalise?). Each editor edits the wrapped classifier (``pl_module.model`` when it exists, else
+    the LightningModule); the trained model is not changed. Editors that take ``retain=`` get ``retain_batches``
+    training batches for their locality term.
 
-    Logged (``robust/...``): ``clean``, ``pgd``, ``corruption/<name>`` for the original model, the same with
-    ``edited/`` and ``change/`` prefixes, and ``edited/edit_success``, ``edited/edit_generalisation``.
-    The results are kept in ``self.results``.
+    Logged (``robust/...``): ``clean``, ``pgd``, ``corruption/<name>``, ``edit_success``, ``edit_pgd``,
+    ``held_out`` of the original model; for the single ``editor`` the same with ``edited/`` and ``change/`` prefixes
+    and ``collateral_shift`` (non-edit images moved to the edit label); for each entry of ``editors`` the same
+    under ``<label>/``. The results are kept in ``self.results`` and printed as one table.
 
     Args:
-        editor: any :class:`~lightning_edit.robust.Editor` (None: report on the model only).
+        editor: any editor (:mod:`lightning_edit.edit`) or None (report on the model only).
+        editors: more editors by name, for a side-by-side table: ``[{"name": "finetune", "label": "ft hidden",
+            "layers": ["hidden"]}, {"name": "low_rank", "layer": "hidden", "rank": 1}]`` (``label`` defaults to
+            the name; the other keys are the editor's arguments, see :func:`lightning_edit.edit.make_editor`).
         num_edits: size of the edit set.
         edit_class: only misclassified samples of this class.
         eps: L∞ PGD budget in pixel units ([0, 1] images); pgd_steps: its iterations.
         eval_batches: validation batches used for every accuracy.
+        retain_batches: training batches given as ``retain=`` to editors with a locality term (0: none).
         corruptions: name -> severity (default :data:`lightning_edit.robust.DEFAULT_CORRUPTIONS`).
         input_std: standardisation std of the inputs (default: the datamodule's ``std`` if it has one, else 1).
         inputs_targets: ``batch -> (inputs, class_indices)``.
 
     Raises:
-        ValueError: at construction for ``eps < 0`` or ``num_edits < 1``.
+        ValueError: at construction for ``eps < 0``, ``num_edits < 1``, ``retain_batches < 0``, an unknown editor
+            name or arguments it rejects, or two editors with the same label.
     """
 
     def __init__(
-        self, editor: Editor | None = None, num_edits: int = 16, edit_class: int | None = None, eps: float = 0.1,
-        pgd_steps: int = 10, eval_batches: int = 4, corruptions: dict[str, float] | None = None,
-        input_std: float | None = None, inputs_targets: InputsTargets | None = None,
+        self, editor: Editor | None = None, editors: list[dict[str, Any]] | None = None, num_edits: int = 16,
+        edit_class: int | None = None, eps: float = 0.1, pgd_steps: int = 10, eval_batches: int = 4,
+        retain_batches: int = 8, corruptions: dict[str, float] | None = None, input_std: float | None = None,
+        inputs_targets: InputsTargets | None = None,
     ) -> None:
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}.")
         if num_edits < 1:
             raise ValueError(f"num_edits must be >= 1, got {num_edits}.")
+        if retain_batches < 0:
+            raise ValueError(f"retain_batches must be >= 0, got {retain_batches}.")
+        self.editors: dict[str, Editor] = {} if editor is None else {"edited": editor}
+        for spec in editors or []:
+            args = dict(spec)
+            if "name" not in args:
+                raise ValueError(f"Each entry of editors needs a 'name' (one of {sorted(EDITORS)}); got {spec}.")
+            name = args.pop("name")
+            label = str(args.pop("label", name))
+            if label in self.editors:
+                raise ValueError(f"Two editors are labelled {label!r}; give each a distinct 'label'.")
+            self.editors[label] = make_editor(name, **args)
         self.editor, self.num_edits, self.edit_class, self.eps = editor, num_edits, edit_class, eps
         self.pgd_steps, self.eval_batches, self.corruptions, self.input_std = pgd_steps, eval_batches, corruptions, input_std
+        self.retain_batches = retain_batches
         self._inputs_targets = inputs_targets or default_inputs_targets
         self.results: dict[str, Any] = {}
 
@@ -77,24 +102,44 @@ class RobustEditReport(Callback):
         model = getattr(pl_module, "model", pl_module)
         was_training = model.training
         kw = dict(eps=self.eps, pgd_steps=self.pgd_steps, corruptions=self.corruptions, input_std=std)
+        metrics: dict[str, float] = {}
         try:
-            edit_x, edit_y = self._edit_set(model, batches) if self.editor is not None else (None, None)
-            base = robustness_report(model, batches, edit_x=edit_x, edit_y=edit_y, **kw)
+            edit_x, edit_y, held_x, held_y = self._edit_sets(model, batches) if self.editors else (None,) * 4
+            base = robustness_report(model, batches, edit_x=edit_x, edit_y=edit_y, held_out_x=held_x,
+                                     held_out_y=held_y, **kw)
             self.results = {"original": base}
+            metrics.update({f"robust/{k}": v for k, v in base.items()})
             if edit_x is not None:
-                edited, result = self.editor.edit(model, edit_x, edit_y)
-                after = robustness_report(edited, batches, edit_x=edit_x, edit_y=edit_y, **kw)
-                self.results.update(edited=after, change=report_change(after, base), edit=result.__dict__)
+                retain = self._retain(trainer, pl_module)
+                for label, editor in self.editors.items():
+                    accepts_retain = "retain" in inspect.signature(editor.edit).parameters
+                    edited, result = editor.edit(model, edit_x, edit_y, **({"retain": retain} if accepts_retain and retain else {}))
+                    after = robustness_report(edited, batches, edit_x=edit_x, edit_y=edit_y, held_out_x=held_x,
+                                              held_out_y=held_y, **kw)
+                    shift = collateral_shift(model, edited, batches, int(torch.mode(edit_y.cpu()).values))
+                    entry = {"edited": after, "change": report_change(after, base), "collateral_shift": shift,
+                             "edit": dataclasses.asdict(result)}
+                    prefix = "robust/" if label == "edited" else f"robust/{label}/"
+                    metrics.update({f"{prefix}edited/{k}": v for k, v in after.items()})
+                    metrics.update({f"{prefix}change/{k}": v for k, v in entry["change"].items()})
+                    metrics[f"{prefix}collateral_shift"] = shift
+                    if label == "edited":
+                        self.results.update(entry)
+                    self.results.setdefault("editors", {})[label] = entry
         finally:
             model.train(was_training)
-        metrics = {f"robust/{k}": v for k, v in base.items()}
-        for group in ("edited", "change"):
-            metrics.update({f"robust/{group}/{k}": v for k, v in self.results.get(group, {}).items()})
         log_metrics(trainer, pl_module, metrics, in_loop=False)
         self._print()
         return self.results
 
-    def _edit_set(self, model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor | None, Tensor | None]:
+    def _retain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[tuple[Tensor, Tensor]] | None:
+        loader = stage_loader(trainer, "train") if self.retain_batches else None
+        if loader is None:
+            return None
+        return list(device_batches(loader, self._inputs_targets, pl_module.device, self.retain_batches)) or None
+
+    def _edit_sets(self, model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]):
+        """``(edit_x, edit_y, held_x, held_y)``: the first ``num_edits`` misclassified samples and the rest."""
         model.eval()
         xs, ys = [], []
         with torch.no_grad():
@@ -104,24 +149,30 @@ class RobustEditReport(Callback):
                     wrong &= y == self.edit_class
                 xs.append(x[wrong])
                 ys.append(y[wrong])
-        x, y = torch.cat(xs)[: self.num_edits], torch.cat(ys)[: self.num_edits]
+        x, y = torch.cat(xs), torch.cat(ys)
         if len(x) == 0:
             rank_zero_warn("RobustEditReport: no misclassified validation sample to edit; reporting the model only.")
-            return None, None
-        return x, y
+            return None, None, None, None
+        n = self.num_edits
+        return x[:n], y[:n], x[n:], y[n:]
 
     @rank_zero_only
     def _print(self) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="Robustness: original vs edited model (accuracy)")
-        for col in ("", "original", "edited", "change"):
+        original, editors = self.results.get("original", {}), self.results.get("editors", {})
+        table = Table(title="Robustness: original model, then each edited model (accuracy; Δ in points)")
+        columns = [k for k in ("edit_success", "held_out", "clean", "pgd", "edit_pgd") if k in original]
+        columns += [k for k in original if k.startswith("corruption/")]
+        table.add_column("model")
+        for col in columns + ["collateral shift", "steps"]:
             table.add_column(col, justify="right")
-        original, edited, change = (self.results.get(k, {}) for k in ("original", "edited", "change"))
-        for key in list(original) + [k for k in edited if k not in original]:
-            cells = [f"{d[key]:.4f}" if key in d else "" for d in (original, edited)]
-            table.add_row(key, *cells, f"{change[key]:+.4f}" if key in change else "")
+        table.add_row("original", *[f"{original[c]:.3f}" for c in columns], "", "")
+        for label, entry in editors.items():
+            cells = []
+            for c in columns:
+                value, delta = entry["edited"].get(c), entry["change"].get(c)
+                cells.append("" if value is None else f"{value:.3f} ({100 * delta:+.1f})")
+            table.add_row(label, *cells, f"{entry['collateral_shift']:.1%}", str(entry["edit"]["steps"]))
         Console().print(table)
-        if "edit" in self.results:
-            rank_zero_info(f"edit: {self.results['edit']}")

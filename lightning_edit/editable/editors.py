@@ -40,15 +40,23 @@ def edit_loss(logits: Tensor, target: Tensor) -> Tensor:
 class EditResult:
     """Outcome of one edit.
 
+    The one result type of every editor in the package (:mod:`lightning_edit.edit`).
+
     Attributes:
         success: every edited sample is now classified as its target.
-        steps: optimiser steps taken (0 if the model was already right).
+        steps: optimiser steps taken (0 if the model was already right, or for a one-pass editor).
         loss: final mean edit loss (nats).
+        edit_accuracy: fraction of the edit set classified as its target, in [0, 1] (None: not measured).
+        drift: how far the edited model moved from the original on retain data (mean KL in nats, or the
+            retain cross-entropy, per the editor's ``locality``); without retain data, the squared L2
+            distance of the edited parameters. None: not measured.
     """
 
     success: bool
     steps: int
     loss: float
+    edit_accuracy: float | None = None
+    drift: float | None = None
 
 
 def select_parameters(model: nn.Module, patterns: Sequence[str] | None) -> dict[str, Tensor]:
@@ -192,7 +200,8 @@ class GradientEditor(nn.Module):
         with torch.no_grad():
             for name, value in new.items():
                 params[name].copy_(value.detach())
-        result = EditResult(success=bool((loss <= 0).all()), steps=int(steps), loss=float(loss.detach().mean()))
+        result = EditResult(success=bool((loss <= 0).all()), steps=int(steps), loss=float(loss.detach().mean()),
+                            edit_accuracy=float((loss.detach() <= 0).float().mean()))
         return edited, result
 
 
@@ -210,8 +219,13 @@ def check_edit(model: nn.Module, x: Tensor, y_target: Tensor, num_classes: int |
     device = next(model.parameters()).device
     x, y_target = x.to(device), y_target.to(device).long()
     if num_classes is None:
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[-1]
+        was_training = model.training
+        model.eval()  # a probe forward must not touch BatchNorm statistics
+        try:
+            with torch.no_grad():
+                num_classes = model(x[:1]).shape[-1]
+        finally:
+            model.train(was_training)
     if int(y_target.min()) < 0 or int(y_target.max()) >= num_classes:
         raise ValueError(f"Edit targets {y_target.tolist()} are outside the classes 0..{num_classes - 1}.")
     return x, y_target

@@ -1,11 +1,17 @@
 """Editors that keep robustness and a robustness report (Brown, Godfrey, Nizinski, Tu, Kvinge 2023)."""
 
 from lightning_edit.robust.attacks import CORRUPTIONS, contrast, gaussian_blur, gaussian_noise, pgd_attack
-from lightning_edit.robust.editors import Editor, FineTuneEditor, InterpolationEditor, LowRankEditor, get_layer
-from lightning_edit.robust.report import DEFAULT_CORRUPTIONS, report_change, robustness_report
+from lightning_edit.robust.editors import Editor, FineTuneEditor, InterpolationEditor, Locality, LowRankEditor, get_layer
+from lightning_edit.robust.report import (
+    DEFAULT_CORRUPTIONS,
+    collateral_shift,
+    compare_edit,
+    report_change,
+    robustness_report,
+)
 
 __all__ = [
     "CORRUPTIONS", "contrast", "gaussian_blur", "gaussian_noise", "pgd_attack",
-    "Editor", "FineTuneEditor", "InterpolationEditor", "LowRankEditor", "get_layer",
-    "DEFAULT_CORRUPTIONS", "report_change", "robustness_report",
+    "Editor", "FineTuneEditor", "InterpolationEditor", "Locality", "LowRankEditor", "get_layer",
+    "DEFAULT_CORRUPTIONS", "collateral_shift", "compare_edit", "report_change", "robustness_report",
 ]

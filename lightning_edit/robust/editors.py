@@ -1,16 +1,31 @@
-"""Editors that change few parameters (Brown et al., "Robustness of edited neural networks", 2023).
+"""Editors that change few parameters (Brown et al., "Robustness of edited neural networks", 2023), each with an
+optional locality term.
 
-Every editor has ``edit(model, x, y) -> (edited copy, EditResult)``: the input model is untouched
-(the same interface as :class:`lightning_edit.editable.GradientEditor`). ``x (B, ...)`` are the edit
-inputs, ``y (B,)`` the labels they must get.
+Every editor has ``edit(model, x, y) -> (edited copy, EditResult)``: the input model is untouched (the protocol of
+:mod:`lightning_edit.edit`). ``x (B, ...)`` are the edit inputs, ``y (B,)`` the labels they must get.
+
+Objective (the "fine-tuning with a locality constraint" baseline of the model-editing literature, e.g. Sinitsin
+et al. 2020, Eq. 3; Zhu et al. 2020)::
+
+    CE(f_θ(x_edit), y_edit) + locality_coef · L_loc(θ),
+    L_loc = KL(f_θ0(x_r) ‖ f_θ(x_r))   (locality="kl", the original model's predictions on retain data)
+          | CE(f_θ(x_r), y_r)           (locality="ce", the retain labels)
+
+over retain batches ``(x_r, y_r)`` cycled one per step. Without retain data the objective is the edit loss alone
+(Brown et al.'s editors as published) and the editor warns once.
+
+Stopping: an editor stops when the edit accuracy reaches ``target_accuracy`` or at ``max_steps`` and returns the
+iterate with the best edit accuracy, ties broken by the least drift (KL or CE on the first retain batch; without
+retain data, the squared distance of the edited parameters from the original ones).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +33,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_edit.editable.editors import EditResult, check_edit
+
+LocalityKind = Literal["kl", "ce"]
+Retain = Iterable[Any] | tuple[Tensor, Tensor] | None
+"""Retain data: a ``(x, y)`` pair of tensors, or an iterable of ``(x, y, ...)`` batches (a DataLoader)."""
 
 
 class Editor(Protocol):
@@ -39,87 +58,208 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def fit_until_correct(
-    forward: Callable[[], Tensor], params: Sequence[Tensor], y: Tensor, lr: float, max_steps: int
-) -> int:
-    """Adam on ``cross_entropy(forward(), y)`` over ``params`` until every prediction equals ``y`` or ``max_steps``.
+class Locality:
+    """The locality term over retain batches, against a frozen original model.
 
-    Returns:
-        the number of steps taken.
+    Args:
+        original: the unedited model (eval mode; its predictions are computed once, for ``"kl"``).
+        batches: ``[(x_r (N, ...), y_r (N,))]`` on the model's device.
+        kind: ``"kl"`` or ``"ce"``.
     """
-    opt = torch.optim.Adam(params, lr=lr)
-    steps = 0
-    with torch.enable_grad():
-        for steps in range(max_steps + 1):
-            logits = forward()
-            if bool((logits.argmax(-1) == y).all()) or steps == max_steps:
-                break
-            opt.zero_grad()
-            F.cross_entropy(logits, y).backward()
-            opt.step()
-    return steps
+
+    def __init__(self, original: nn.Module, batches: list[tuple[Tensor, Tensor]], kind: LocalityKind) -> None:
+        self.batches, self.kind = batches, kind
+        was_training = original.training
+        original.eval()
+        try:
+            with torch.no_grad():
+                self.reference = [F.log_softmax(original(x), -1) for x, _ in batches] if kind == "kl" else []
+        finally:
+            original.train(was_training)
+
+    def loss(self, forward: Callable[[Tensor], Tensor], index: int) -> Tensor:
+        """The term on batch ``index`` (cycled), differentiable through ``forward``."""
+        i = index % len(self.batches)
+        x, y = self.batches[i]
+        logp = F.log_softmax(forward(x), -1)
+        if self.kind == "kl":
+            return F.kl_div(logp, self.reference[i], log_target=True, reduction="batchmean")
+        return F.nll_loss(logp, y)
+
+    def drift(self, forward: Callable[[Tensor], Tensor]) -> float:
+        """The term on the first batch, without gradients (the tie-break between iterates)."""
+        with torch.no_grad():
+            return float(self.loss(forward, 0))
 
 
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean()
+def retain_batches(retain: Retain, device: torch.device, input_shape: torch.Size, limit: int | None = None
+                   ) -> list[tuple[Tensor, Tensor]]:
+    """Retain data as a list of ``(x, y)`` on ``device``, checked against the edit inputs' shape.
+
+    Raises:
+        ValueError: no batch, or retain inputs whose per-sample shape differs from the edit inputs'.
+    """
+    if isinstance(retain, tuple) and len(retain) == 2 and all(isinstance(t, Tensor) for t in retain):
+        retain = [retain]
+    batches = []
+    for i, batch in enumerate(retain):
+        if limit is not None and i >= limit:
+            break
+        x, y = batch[0], batch[1]
+        if tuple(x.shape[1:]) != tuple(input_shape):
+            raise ValueError(
+                f"Retain inputs have per-sample shape {tuple(x.shape[1:])} but the edit inputs have "
+                f"{tuple(input_shape)}; give retain data of the same kind as the edit set."
+            )
+        batches.append((x.to(device), torch.as_tensor(y).to(device).long()))
+    if not batches:
+        raise ValueError("The retain data holds no batch; pass retain=None to edit without a locality term.")
+    return batches
 
 
-class FineTuneEditor:
-    """Fine-tune all parameters, or those of named layers, on the edit set with cross-entropy.
+class _LocalEditor:
+    """Shared arguments and the fitting loop of the editors below."""
 
-    Stops as soon as every edit input is classified as its label, or after ``max_steps``.
+    def __init__(self, lr: float, max_steps: int, retain: Retain, locality: LocalityKind, locality_coef: float,
+                 target_accuracy: float, retain_limit: int | None) -> None:
+        if lr <= 0 or max_steps < 1:
+            raise ValueError(f"Need lr > 0 and max_steps >= 1, got lr={lr}, max_steps={max_steps}.")
+        if locality not in ("kl", "ce"):
+            raise ValueError(f"locality must be 'kl' or 'ce', got {locality!r}.")
+        if locality_coef < 0:
+            raise ValueError(f"locality_coef must be >= 0, got {locality_coef}.")
+        if not 0 < target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}.")
+        self.lr, self.max_steps, self.retain = lr, max_steps, retain
+        self.locality, self.locality_coef, self.target_accuracy = locality, locality_coef, target_accuracy
+        self.retain_limit = retain_limit
+        self._warned = False
+
+    def _locality(self, original: nn.Module, x: Tensor, retain: Retain) -> Locality | None:
+        retain = retain if retain is not None else self.retain
+        if retain is None or self.locality_coef == 0:
+            if not self._warned:
+                warnings.warn(
+                    f"{type(self).__name__}: no retain data (or locality_coef=0), so nothing holds the rest of the "
+                    "model fixed; the edit may change many other predictions. Pass retain= (a loader or an (x, y) "
+                    "pair of the training data) to add the locality term.", UserWarning, stacklevel=3,
+                )
+                self._warned = True
+            return None
+        return Locality(original, retain_batches(retain, x.device, x.shape[1:], self.retain_limit), self.locality)
+
+    def _fit(self, forward: Callable[[Tensor], Tensor], params: Sequence[Tensor], x: Tensor, y: Tensor,
+             locality: Locality | None) -> EditResult:
+        """Adam on ``CE(forward(x), y) + coef · locality`` over ``params`` (updated in place) with the stop rule."""
+        start = [p.detach().clone() for p in params]
+
+        def drift() -> float:
+            if locality is not None:
+                return locality.drift(forward)
+            return float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(params, start)))
+
+        opt = torch.optim.Adam(params, lr=self.lr)
+        best: tuple[float, float, int, list[Tensor]] | None = None
+        steps = 0
+        with torch.enable_grad():
+            for steps in range(self.max_steps + 1):
+                logits = forward(x)
+                acc = float((logits.argmax(-1) == y).float().mean())
+                improved = best is None or acc > best[0]
+                if improved or acc == best[0]:
+                    d = drift()
+                    if improved or d < best[1]:
+                        best = (acc, d, steps, [p.detach().clone() for p in params])
+                if acc >= self.target_accuracy - 1e-9 or steps == self.max_steps:
+                    break
+                loss = F.cross_entropy(logits, y)
+                if locality is not None:
+                    loss = loss + self.locality_coef * locality.loss(forward, steps)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            for p, value in zip(params, best[3]):
+                p.copy_(value)
+            logits = forward(x)
+        return EditResult(bool((logits.argmax(-1) == y).all()), steps, float(F.cross_entropy(logits, y)),
+                          edit_accuracy=best[0], drift=best[1])
+
+
+class FineTuneEditor(_LocalEditor):
+    """Fine-tune all parameters, or those of named layers, on the edit set, with an optional locality term.
 
     Args:
         layers: module names whose parameters are trained (None: every parameter).
-        lr: Adam learning rate.
-        max_steps: step limit.
+        lr: Adam learning rate. max_steps: step limit.
+        retain: retain data for the locality term (also accepted by :meth:`edit`, which takes precedence).
+        locality: ``"kl"`` (to the original model's predictions) or ``"ce"`` (retain labels).
+        locality_coef: weight of the locality term (0: edit loss only).
+        target_accuracy: stop when this fraction of the edit set is right, in (0, 1].
+        retain_limit: use at most this many retain batches (None: all).
 
     Raises:
-        ValueError: for an unknown layer name (at :meth:`edit`), a non-positive lr or step limit, an empty edit set.
+        ValueError: at construction for a non-positive lr or step limit, an unknown locality, a negative coefficient
+            or a target outside (0, 1]; at :meth:`edit`, before the model changes, for an unknown layer name (the
+            message lists the valid ones), an empty edit set, labels outside the model's classes, or retain data
+            of another input shape.
     """
 
-    def __init__(self, layers: Sequence[str] | None = None, lr: float = 1e-3, max_steps: int = 100) -> None:
-        if lr <= 0 or max_steps < 1:
-            raise ValueError(f"Need lr > 0 and max_steps >= 1, got lr={lr}, max_steps={max_steps}.")
-        self.layers, self.lr, self.max_steps = list(layers) if layers is not None else None, lr, max_steps
+    def __init__(self, layers: Sequence[str] | None = None, lr: float = 1e-3, max_steps: int = 100,
+                 retain: Retain = None, locality: LocalityKind = "kl", locality_coef: float = 1.0,
+                 target_accuracy: float = 1.0, retain_limit: int | None = 16) -> None:
+        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit)
+        self.layers = list(layers) if layers is not None else None
 
-    def edit(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, EditResult]:
+    def edit(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain = None) -> tuple[nn.Module, EditResult]:
+        """An edited copy of ``model`` (eval mode); ``x (B, ...)``, ``y (B,)`` class indices."""
+        if self.layers is not None:
+            for name in self.layers:
+                get_layer(model, name)
+        x, y = check_edit(model, x, y)
+        return self.edit_with(model, x, y, self._locality(model, x, retain))
+
+    def edit_with(self, model: nn.Module, x: Tensor, y: Tensor, locality: Locality | None) -> tuple[nn.Module, EditResult]:
+        """:meth:`edit` with a prepared locality term (checked inputs on the model's device)."""
         edited = copy.deepcopy(model).eval()
-        x, y = check_edit(edited, x, y)
         if self.layers is None:
             params = [p for p in edited.parameters() if p.requires_grad]
         else:
             params = [p for name in self.layers for p in get_layer(edited, name).parameters()]
-        steps = fit_until_correct(lambda: edited(x), params, y, self.lr, self.max_steps)
-        with torch.no_grad():
-            logits = edited(x)
-        return edited, EditResult(bool((logits.argmax(-1) == y).all()), steps, float(F.cross_entropy(logits, y)))
+        return edited, self._fit(edited, params, x, y, locality)
 
 
 class InterpolationEditor:
-    """1-layer interpolation (1-LI): fine-tune one layer, then ``W(α) = (1 - α) W₀ + α W_ft``.
+    """1-layer interpolation (1-LI): fine-tune one layer (with the locality term), then ``W(α) = (1 - α) W₀ + α W_ft``.
 
-    α is the smallest value on a grid of ``num_alphas`` points in [0, 1] at which the accuracy on the
-    selection set (``x_select, y_select`` given to :meth:`edit`, default the edit set) reaches
-    ``target_accuracy``; α = 1 if none does. (The paper's exact rule could not be read; this is the
-    documented choice: the least change that still achieves the edit.)
+    α is chosen on a grid of ``num_alphas`` points in [0, 1] by the fine-tune's own rule: the best accuracy on
+    the selection set (``x_select, y_select`` given to :meth:`edit`, default the edit set) capped at
+    ``target_accuracy``, ties broken by the least drift (the locality term on the first retain batch; without
+    retain data, the squared parameter distance, i.e. the smallest α). Brown et al. interpolate between the
+    original and the fine-tuned layer; their exact α rule could not be read, this is the documented choice.
 
     Args:
         layer: the module whose parameters are fine-tuned and interpolated.
-        target_accuracy: edit accuracy to reach, in (0, 1].
+        target_accuracy: selection accuracy to reach, in (0, 1].
         num_alphas: grid size.
-        lr, max_steps: of the one-layer fine-tune.
+        lr, max_steps, retain, locality, locality_coef, retain_limit: of the one-layer fine-tune
+            (:class:`FineTuneEditor`).
 
     Attributes:
         alpha: the α of the last edit (its ``EditResult.steps`` are those of the one-layer fine-tune).
+
+    Raises:
+        ValueError: as :class:`FineTuneEditor`, and ``num_alphas < 2``.
     """
 
-    def __init__(self, layer: str, target_accuracy: float = 1.0, num_alphas: int = 21, lr: float = 1e-3, max_steps: int = 100):
+    def __init__(self, layer: str, target_accuracy: float = 1.0, num_alphas: int = 21, lr: float = 1e-3,
+                 max_steps: int = 100, retain: Retain = None, locality: LocalityKind = "kl",
+                 locality_coef: float = 1.0, retain_limit: int | None = 16) -> None:
         if not 0 < target_accuracy <= 1 or num_alphas < 2:
             raise ValueError(f"Need 0 < target_accuracy <= 1 and num_alphas >= 2, got {target_accuracy}, {num_alphas}.")
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
-        self.finetune = FineTuneEditor([layer], lr, max_steps)
+        self.finetune = FineTuneEditor([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
+                                       retain_limit)
         self.alpha: float | None = None
 
     def interpolate(self, original: nn.Module, finetuned: nn.Module, alpha: float) -> nn.Module:
@@ -131,65 +271,75 @@ class InterpolationEditor:
                 p.copy_(torch.lerp(p0, p1, alpha))
         return out
 
-    def edit(
-        self, model: nn.Module, x: Tensor, y: Tensor, x_select: Tensor | None = None, y_select: Tensor | None = None
-    ) -> tuple[nn.Module, EditResult]:
+    def edit(self, model: nn.Module, x: Tensor, y: Tensor, x_select: Tensor | None = None,
+             y_select: Tensor | None = None, retain: Retain = None) -> tuple[nn.Module, EditResult]:
+        """An edited copy of ``model``; ``x (B, ...)``, ``y (B,)``; optional selection set for α."""
         get_layer(model, self.layer)
-        finetuned, tuned = self.finetune.edit(model, x, y)
         xs, ys = (x, y) if x_select is None else (x_select, y_select)
         xs, ys = check_edit(model, xs, ys)
-        chosen = None
+        x, y = check_edit(model, x, y)
+        locality = self.finetune._locality(model, x, retain)
+        finetuned, tuned = self.finetune.edit_with(model, x, y, locality)
+        layer0 = [p.detach() for p in get_layer(model, self.layer).parameters()]
+        best: tuple[float, float, float, nn.Module] | None = None
         for alpha in torch.linspace(0, 1, self.num_alphas).tolist():
             candidate = self.interpolate(model, finetuned, alpha).eval()
-            if float(_accuracy(candidate, xs, ys)) >= self.target_accuracy - 1e-9:
-                chosen = (alpha, candidate)
-                break
-        if chosen is None:
-            chosen = (1.0, self.interpolate(model, finetuned, 1.0).eval())
-        self.alpha = chosen[0]
-        edited = chosen[1]
+            with torch.no_grad():
+                acc = min(float((candidate(xs).argmax(-1) == ys).float().mean()), self.target_accuracy)
+            if locality is not None:
+                drift = locality.drift(candidate)
+            else:
+                drift = float(sum(((p - p0) ** 2).sum() for p, p0 in zip(get_layer(candidate, self.layer).parameters(), layer0)))
+            if best is None or acc > best[0] + 1e-9 or (abs(acc - best[0]) <= 1e-9 and drift < best[1]):
+                best = (acc, drift, alpha, candidate)
+        self.alpha, edited = best[2], best[3]
         x, y = check_edit(edited, x, y)
         with torch.no_grad():
             logits = edited(x)
-        success = bool((logits.argmax(-1) == y).all())
-        return edited, EditResult(success, tuned.steps, float(F.cross_entropy(logits, y)))
+        return edited, EditResult(bool((logits.argmax(-1) == y).all()), tuned.steps, float(F.cross_entropy(logits, y)),
+                                  edit_accuracy=float((logits.argmax(-1) == y).float().mean()), drift=best[1])
 
 
-class LowRankEditor:
+class LowRankEditor(_LocalEditor):
     """Direct low-rank editing of one layer: ``W = W₀ + U Vᵀ`` with ``U (out, r)``, ``V (in·k·k, r)``.
 
-    ``U`` starts at 0 and ``V`` small random (so the edit starts at the original model); both are
-    trained with Adam on the edit set's cross-entropy until every edit input is right or ``max_steps``.
-    The change has rank at most ``r`` by construction (the paper's v1 "direct low-rank editing"; its
-    fitting procedure could not be read, this is the documented choice).
+    ``U`` starts at 0 and ``V`` small random (so the edit starts at the original model); both are trained with
+    Adam on the edit loss plus the locality term, with the stop rule of :class:`FineTuneEditor`. The change has
+    rank at most ``r`` by construction (Brown et al.'s direct low-rank editing; their fitting procedure could
+    not be read, this is the documented choice).
 
     Raises:
-        ValueError: for an unknown layer, ``rank < 1`` or larger than ``min(out, in·k·k)``, an empty edit set.
+        ValueError: as :class:`FineTuneEditor`; ``rank < 1`` at construction; at :meth:`edit`, before the model
+            changes, a rank larger than ``min(out, in·k·k)`` of the layer.
     """
 
-    def __init__(self, layer: str, rank: int = 1, lr: float = 1e-2, max_steps: int = 200, seed: int = 0) -> None:
+    def __init__(self, layer: str, rank: int = 1, lr: float = 1e-2, max_steps: int = 200, seed: int = 0,
+                 retain: Retain = None, locality: LocalityKind = "kl", locality_coef: float = 1.0,
+                 target_accuracy: float = 1.0, retain_limit: int | None = 16) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}.")
-        self.layer, self.rank, self.lr, self.max_steps, self.seed = layer, rank, lr, max_steps, seed
+        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit)
+        self.layer, self.rank, self.seed = layer, rank, seed
 
-    def edit(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, EditResult]:
-        edited = copy.deepcopy(model).eval()
-        layer = get_layer(edited, self.layer)
+    def edit(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain = None) -> tuple[nn.Module, EditResult]:
+        """An edited copy of ``model`` whose layer weight is ``W₀ + U Vᵀ``; ``x (B, ...)``, ``y (B,)``."""
+        layer = get_layer(model, self.layer)
         w0 = layer.weight.detach()
         out_dim, in_dim = w0.shape[0], math.prod(w0.shape[1:])
         if self.rank > min(out_dim, in_dim):
             raise ValueError(f"rank {self.rank} is larger than layer {self.layer!r} allows (min({out_dim}, {in_dim})).")
-        x, y = check_edit(edited, x, y)
+        x, y = check_edit(model, x, y)
+        locality = self._locality(model, x, retain)
+        edited = copy.deepcopy(model).eval()
         g = torch.Generator().manual_seed(self.seed)
         u = torch.zeros(out_dim, self.rank, device=w0.device, requires_grad=True)
         v = (torch.randn(in_dim, self.rank, generator=g) / math.sqrt(in_dim)).to(w0.device).requires_grad_(True)
         key = f"{self.layer}.weight" if self.layer else "weight"
 
-        def forward() -> Tensor:
-            return functional_call(edited, {key: w0 + (u @ v.T).reshape(w0.shape)}, (x,))
+        def forward(inputs: Tensor) -> Tensor:
+            return functional_call(edited, {key: w0 + (u @ v.T).reshape(w0.shape)}, (inputs,))
 
-        steps = fit_until_correct(forward, [u, v], y, self.lr, self.max_steps)
+        result = self._fit(forward, [u, v], x, y, locality)
         with torch.no_grad():
-            layer.weight.copy_(w0 + (u @ v.T).reshape(w0.shape))
-            logits = edited(x)
-        return edited, EditResult(bool((logits.argmax(-1) == y).all()), steps, float(F.cross_entropy(logits, y)))
+            get_layer(edited, self.layer).weight.copy_(w0 + (u @ v.T).reshape(w0.shape))
+        return edited, result

@@ -1,0 +1,82 @@
+"""One editor vocabulary for the whole package.
+
+Every editor offers ``edit(model, x, y) -> (edited copy, EditResult)``: ``x (B, ...)`` are the edit inputs,
+``y (B,)`` the classes they must get, the input model is never modified, and :class:`EditResult` has the same
+fields everywhere (``success``, ``steps``, ``loss``, ``edit_accuracy``, ``drift``).
+
+| name | class | what changes | source |
+|---|---|---|---|
+| ``gradient`` | :class:`~lightning_edit.editable.GradientEditor` | parameters matching patterns, k optimiser steps on the edit loss | Sinitsin et al. 2020 |
+| ``finetune`` | :class:`~lightning_edit.robust.FineTuneEditor` | all parameters or named layers, Adam + locality | Brown et al. 2023 |
+| ``interpolation`` | :class:`~lightning_edit.robust.InterpolationEditor` | one layer, moved back along the fine-tuning line (1-LI) | Brown et al. 2023 |
+| ``low_rank`` | :class:`~lightning_edit.robust.LowRankEditor` | one layer, a rank-r change | Brown et al. 2023 |
+| ``metanetwork`` | :class:`MetanetworkEdit` | every weight, by a trained graph metanetwork, in one pass | Kalogeropoulos et al. 2025 |
+
+``make_editor(name, **args)`` builds one by name, e.g. from YAML
+(``RobustEditReport(editors=[{"name": "finetune", "layers": ["hidden"]}, ...])``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_edit.editable.editors import EditResult, GradientEditor
+from lightning_edit.robust.editors import Editor, FineTuneEditor, InterpolationEditor, LowRankEditor
+
+
+class MetanetworkEdit:
+    """A trained :class:`~lightning_edit.metanet.MetanetworkEditor` under the editor protocol.
+
+    The metanetwork meets a requirement (pruning, data minimisation, fairness), not an edit set: ``x, y`` are only
+    measured. ``success`` is True (the requirement is enforced exactly at edit time), ``steps`` is 0 (one forward
+    pass), ``loss`` and ``edit_accuracy`` are the cross-entropy and accuracy on ``(x, y)``, ``drift`` is None.
+
+    Args:
+        checkpoint: path of a ``MetanetworkEditor`` checkpoint, or the editor itself.
+
+    Raises:
+        FileNotFoundError: for a missing checkpoint.
+    """
+
+    def __init__(self, checkpoint: Any) -> None:
+        from lightning_edit.metanet import MetanetworkEditor
+
+        self.editor = checkpoint if isinstance(checkpoint, MetanetworkEditor) else MetanetworkEditor.load_from_checkpoint(checkpoint)
+
+    def edit(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, EditResult]:
+        edited = self.editor.edit(model)
+        with torch.no_grad():
+            logits = edited(x)
+        return edited, EditResult(True, 0, float(F.cross_entropy(logits, y)),
+                                  edit_accuracy=float((logits.argmax(-1) == y).float().mean()))
+
+
+EDITORS: dict[str, type] = {
+    "gradient": GradientEditor,
+    "finetune": FineTuneEditor,
+    "interpolation": InterpolationEditor,
+    "low_rank": LowRankEditor,
+    "metanetwork": MetanetworkEdit,
+}
+
+
+def make_editor(name: str, **args: Any) -> Editor:
+    """The editor called ``name`` (a key of :data:`EDITORS`) built with ``args``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones), or arguments the editor rejects.
+    """
+    if name not in EDITORS:
+        raise ValueError(f"Unknown editor {name!r}; choose one of {sorted(EDITORS)}.")
+    try:
+        return EDITORS[name](**args)
+    except TypeError as err:
+        raise ValueError(f"Bad arguments for editor {name!r}: {err}") from err
+
+
+__all__ = ["EDITORS", "EditResult", "Editor", "FineTuneEditor", "GradientEditor", "InterpolationEditor", "LowRankEditor",
+           "MetanetworkEdit", "make_editor"]
