@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 
 import lightning as L
 import pytest
@@ -16,6 +18,8 @@ from lightning_edit.robust import (
     FineTuneEditor,
     InterpolationEditor,
     LowRankEditor,
+    collateral_shift,
+    compare_edit,
     gaussian_blur,
     pgd_attack,
     report_change,
@@ -121,3 +125,144 @@ def test_callback_reports_original_and_edited(tmp_path):
     assert {"original", "edited", "change", "edit"} <= set(cb.results)
     for key in ("robust/clean", "robust/pgd", "robust/edited/edit_success", "robust/change/clean"):
         assert key in trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------------------------- locality, protocol
+@pytest.fixture(scope="module")
+def shirts(trained_digits):
+    """Edit set: the first 6 misclassified test digits; retain: training batches; clean accuracy on validation."""
+    module, dm = trained_digits
+    model = module.model
+    with torch.no_grad():
+        wrong = model(dm.test_set.x).argmax(1) != dm.test_set.y
+    ex, ey = dm.test_set.x[wrong][:6], dm.test_set.y[wrong][:6]
+    retain = [(dm.train_set.x[i:i + 128], dm.train_set.y[i:i + 128]) for i in range(0, 1024, 128)]
+    return model, ex, ey, retain, [(dm.val_set.x, dm.val_set.y)]
+
+
+def clean_drop(model, edited, batches):
+    x, y = batches[0]
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean() - (edited(x).argmax(1) == y).float().mean())
+
+
+def test_locality_keeps_the_rest_of_the_model(shirts):
+    model, ex, ey, retain, test = shirts
+    free, r_free = FineTuneEditor(lr=1e-3, max_steps=300, locality_coef=0).edit(model, ex, ey)
+    local, r_local = FineTuneEditor(lr=1e-3, max_steps=300, locality_coef=10.0).edit(model, ex, ey, retain=retain)
+    assert r_local.success and r_free.success
+    assert clean_drop(model, local, test) < 0.5 * clean_drop(model, free, test)
+    assert r_local.drift is not None and r_local.edit_accuracy == 1.0
+
+
+def test_editors_without_retain_warn_once(shirts):
+    model, ex, ey, _, _ = shirts
+    editor = LowRankEditor("hidden", rank=1, lr=5e-2, max_steps=50)
+    with pytest.warns(UserWarning, match="nothing holds the rest of the model fixed"):
+        editor.edit(model, ex, ey)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        editor.edit(model, ex, ey)  # second edit: no second warning
+
+
+def test_stop_rule_stops_at_the_target_and_keeps_the_best_iterate(shirts):
+    model, ex, ey, retain, _ = shirts
+    half, r_half = FineTuneEditor(["hidden"], lr=1e-2, max_steps=300, target_accuracy=0.5).edit(model, ex, ey, retain=retain)
+    full, r_full = FineTuneEditor(["hidden"], lr=1e-2, max_steps=300).edit(model, ex, ey, retain=retain)
+    assert 0.5 <= r_half.edit_accuracy < 1.0 and r_full.edit_accuracy == 1.0
+    assert r_half.steps < r_full.steps
+    # Too few steps to reach the target: the result is the best iterate seen, not the last one.
+    _, r_short = FineTuneEditor(["hidden"], lr=1e-2, max_steps=2).edit(model, ex, ey, retain=retain)
+    assert r_short.steps == 2 and r_short.edit_accuracy <= 1.0
+    with torch.no_grad():
+        assert float((half(ex).argmax(1) == ey).float().mean()) == pytest.approx(r_half.edit_accuracy)
+
+
+def test_interpolation_picks_alpha_by_accuracy_then_drift(shirts):
+    model, ex, ey, retain, _ = shirts
+    low = InterpolationEditor("hidden", target_accuracy=0.5, lr=1e-2, max_steps=300, retain=retain)
+    high = InterpolationEditor("hidden", target_accuracy=1.0, lr=1e-2, max_steps=300, retain=retain)
+    _, r_low = low.edit(model, ex, ey)
+    _, r_high = high.edit(model, ex, ey)
+    assert low.alpha <= high.alpha and r_low.drift <= r_high.drift + 1e-9
+    assert r_high.success
+
+
+def test_collateral_shift_by_hand():
+    class Fixed(torch.nn.Module):
+        def __init__(self, preds):
+            super().__init__()
+            self.preds, self.w = preds, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(self.preds[x.long().flatten()], 3).float()
+
+    x = torch.arange(6).float()[:, None]
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    original = Fixed(torch.tensor([0, 2, 1, 2, 2, 0]))
+    edited = Fixed(torch.tensor([2, 2, 2, 2, 2, 0]))
+    # label 2: images with y != 2 and original != 2 are 0 and 2; the edit moves both to 2 -> 2/2.
+    assert collateral_shift(original, edited, [(x, y)], 2) == 1.0
+    assert collateral_shift(original, original, [(x, y)], 2) == 0.0
+    # label 0: images with y != 0 and original != 0 are 2, 3, 4; none moves to 0 -> 0.
+    assert collateral_shift(original, edited, [(x, y)], 0) == 0.0
+
+
+def test_compare_edit_gives_the_protocol(shirts):
+    model, ex, ey, retain, test = shirts
+    edited, _ = FineTuneEditor(["hidden"], lr=1e-2, max_steps=200, retain=retain).edit(model, ex[:3], ey[:3])
+    out = compare_edit(model, edited, test, ex[:3], ey[:3], held_out_x=ex[3:], held_out_y=ey[3:], eps=0.05, pgd_steps=3)
+    for key in ("clean", "pgd", "edit_success", "edit_pgd", "held_out", "edit_generalisation"):
+        assert key in out["original"] and key in out["edited"] and key in out["change"]
+    assert out["original"]["edit_success"] == 0.0 and out["edited"]["edit_success"] == 1.0
+    assert 0.0 <= out["collateral_shift"] <= 1.0
+
+
+def test_bad_edit_input_is_an_error_before_the_model_changes(shirts):
+    model, ex, ey, retain, _ = shirts
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="per-sample shape"):
+        FineTuneEditor().edit(model, ex, ey, retain=[(torch.zeros(4, 1, 6, 6), torch.zeros(4, dtype=torch.long))])
+    with pytest.raises(ValueError, match="empty"):
+        LowRankEditor("hidden").edit(model, ex[:0], ey[:0])
+    with pytest.raises(ValueError, match="outside the classes"):
+        FineTuneEditor().edit(model, ex, ey + 100)
+    with pytest.raises(ValueError, match=r"No layer with weights called 'nope'; layers are \["):
+        InterpolationEditor("nope").edit(model, ex, ey)
+    with pytest.raises(ValueError, match="larger than layer"):
+        LowRankEditor("hidden", rank=10_000).edit(model, ex, ey)
+    with pytest.raises(ValueError, match="locality must be"):
+        FineTuneEditor(locality="l2")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_one_editor_vocabulary():
+    from lightning_edit.edit import EDITORS, EditResult, make_editor
+    from lightning_edit.editable import GradientEditor
+
+    assert isinstance(make_editor("finetune", layers=["hidden"]), FineTuneEditor)
+    assert isinstance(make_editor("gradient", lr=0.1), GradientEditor)
+    assert set(EDITORS) == {"gradient", "finetune", "interpolation", "low_rank", "metanetwork"}
+    assert {f.name for f in dataclasses.fields(EditResult)} == {"success", "steps", "loss", "edit_accuracy", "drift"}
+    with pytest.raises(ValueError, match="Unknown editor 'fine_tune'; choose one of"):
+        make_editor("fine_tune")
+    with pytest.raises(ValueError, match="Bad arguments for editor 'low_rank'"):
+        make_editor("low_rank", layer="hidden", ranks=2)
+
+
+def test_callback_compares_editors_by_name(tmp_path):
+    L.seed_everything(0)
+    cb = RobustEditReport(editors=[{"name": "finetune", "label": "ft", "layers": ["hidden"], "lr": 1e-2, "max_steps": 100},
+                                   {"name": "low_rank", "layer": "hidden", "rank": 1, "lr": 5e-2, "max_steps": 100}],
+                          num_edits=4, eps=0.05, eval_batches=2, pgd_steps=3, retain_batches=2)
+    module = ClassifierModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=5, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[cb])
+    trainer.fit(module, DigitsDataModule())
+    assert set(cb.results["editors"]) == {"ft", "low_rank"}
+    for key in ("robust/ft/change/clean", "robust/low_rank/collateral_shift", "robust/held_out", "robust/edit_pgd"):
+        assert key in trainer.callback_metrics
+    assert cb.results["editors"]["ft"]["edit"]["drift"] is not None  # the locality term was on (retain batches given)
+    with pytest.raises(ValueError, match="Unknown editor"):
+        RobustEditReport(editors=[{"name": "nope"}])
