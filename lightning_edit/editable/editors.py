@@ -87,6 +87,8 @@ class GradientEditor(nn.Module):
         beta: second-moment decay of ``"rmsprop"``/``"adam"`` (0.5 in the authors' code).
         eps: added to the second moment before the square root.
         learn_lr: make ``log lr`` a parameter, trained with the model during editable training.
+        editable_parameters: default ``fnmatch`` patterns of the parameters :meth:`edit` changes (None: all), so
+            that the editor is complete when built by name (:func:`lightning_edit.edit.make_editor`).
 
     Raises:
         ValueError: for a non-positive lr, ``max_steps < 1`` or an unknown method.
@@ -94,9 +96,10 @@ class GradientEditor(nn.Module):
 
     def __init__(
         self, lr: float = 1e-3, max_steps: int = 10, method: Method = "rmsprop", momentum: float = 0.9,
-        beta: float = 0.5, eps: float = 1e-8, learn_lr: bool = True,
+        beta: float = 0.5, eps: float = 1e-8, learn_lr: bool = True, editable_parameters: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.editable_parameters = list(editable_parameters) if editable_parameters is not None else None
         if lr <= 0 or max_steps < 1:
             raise ValueError(f"Need lr > 0 and max_steps >= 1, got lr={lr}, max_steps={max_steps}.")
         if method not in ("sgd", "momentum", "rmsprop", "adam"):
@@ -176,7 +179,8 @@ class GradientEditor(nn.Module):
             model: a classifier ``(B, ...) -> (B, K)``; edited in eval mode.
             x: ``(B, ...)`` inputs, ``B >= 1`` (a batched edit: all samples at once).
             y_target: ``(B,)`` target classes.
-            parameters: ``fnmatch`` patterns of the editable parameters (None: all).
+            parameters: ``fnmatch`` patterns of the editable parameters (None: the constructor's
+                ``editable_parameters``, else all).
             num_classes: K, to validate targets (default: the model's output width).
             max_steps: override of the step limit.
 
@@ -188,7 +192,7 @@ class GradientEditor(nn.Module):
                 parameters that match nothing / do not require grad.
         """
         edited = copy.deepcopy(model).eval()
-        params = select_parameters(edited, parameters)
+        params = select_parameters(edited, parameters if parameters is not None else self.editable_parameters)
         x, y_target = check_edit(edited, x, y_target, num_classes)
         detached = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
 
