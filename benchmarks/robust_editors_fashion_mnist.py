@@ -41,10 +41,12 @@ COLUMNS = ["edit_success", "held_out", "clean", "collateral_shift", "pgd", "corr
            "corruption/blur", "corruption/contrast", "edit_pgd", "ms"]
 
 
-def editors(retain, lr: float, low_rank_lr: float, coef: float):
+def editors(retain, lr: float, low_rank_lr: float, coef: float, locality: str, only_locality: bool = False):
     """The five editors, each without and with locality; the same lr and step limit for both arms."""
     arms = {}
-    for suffix, kw in (("", dict(locality_coef=0.0)), (" + locality", dict(retain=retain, locality_coef=coef))):
+    variants = [("", dict(locality_coef=0.0))] if not only_locality else []
+    variants.append((" + locality", dict(retain=retain, locality_coef=coef, locality=locality)))
+    for suffix, kw in variants:
         arms[f"fine-tune all{suffix}"] = FineTuneEditor(lr=lr, max_steps=300, **kw)
         arms[f"fine-tune last conv{suffix}"] = FineTuneEditor([LAYER], lr=lr, max_steps=300, **kw)
         arms[f"1-LI last conv{suffix}"] = InterpolationEditor(LAYER, lr=lr, max_steps=300, **kw)
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam lr of the fine-tuning editors (both arms)")
     ap.add_argument("--low-rank-lr", type=float, default=1e-3, help="Adam lr of the low-rank editors (both arms)")
     ap.add_argument("--locality-coef", type=float, default=1.0)
+    ap.add_argument("--locality", choices=["kl", "ce"], default="kl")
+    ap.add_argument("--only-locality", action="store_true", help="skip the arms without locality")
     ap.add_argument("--out", default="benchmarks/results/robust_editors_fashion_mnist")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -107,7 +111,7 @@ def main() -> None:
         kw = dict(edit_x=ex, edit_y=ey, held_out_x=held_x, held_out_y=held_y, eps=args.eps, pgd_steps=args.pgd_steps,
                   input_std=std)
         original = robustness_report(model, test, **kw)
-        for name, editor in editors(retain, args.lr, args.low_rank_lr, args.locality_coef).items():
+        for name, editor in editors(retain, args.lr, args.low_rank_lr, args.locality_coef, args.locality, args.only_locality).items():
             t0 = time.perf_counter()
             edited, result = editor.edit(model, ex, ey)
             ms = 1000 * (time.perf_counter() - t0)
@@ -151,7 +155,7 @@ def main() -> None:
           f"{args.seeds} edit sets of {args.edits} shirts.")
     ratios = {}
     for name in summary:
-        if name.endswith(" + locality"):
+        if name.endswith(" + locality") and name.replace(" + locality", "") in summary:
             free = summary[name.replace(" + locality", "")]["clean"][0]
             local = summary[name]["clean"][0]
             ratios[name.replace(" + locality", "")] = free / local if local < 0 else float("inf")

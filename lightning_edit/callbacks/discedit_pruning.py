@@ -37,6 +37,7 @@ from lightning_edit.callbacks._common import (
     stage_loader,
 )
 from lightning_edit.discedit.prune import channel_scores, prune_channels
+from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
 
@@ -81,7 +82,14 @@ class DiscEditPruning(Callback):
             (one ranking of TV bounds across layers, same total).
         min_channels: no layer goes below this width. If None, a layer that the sparsity would prune to
             zero width is an error at setup.
-        evaluate: measure accuracy on the validation loader right before and after each prune.
+        recalibrate_bn: after each prune, reset and re-estimate every BatchNorm's running statistics on
+            ``recalibration_batches`` batches of the calibration loader (cumulative average, averaged across DDP
+            ranks; adaptive BN, Li et al. 2020). Without it, removing channels leaves the next BatchNorms'
+            statistics stale and accuracy right after the prune falls to chance on BN networks. A model without
+            BatchNorm: nothing to do (said once in the log).
+        recalibration_batches: batches for the recalibration (None: ``calibration_batches``).
+        evaluate: measure accuracy on the validation loader right before and after each prune (after the prune
+            and after the recalibration, when both apply).
         inputs_targets: ``batch -> (inputs, class_indices)``; default handles ``(x, y, ...)`` and dict batches.
         plot: save the plot at the end of fit.
         seed: seed of the random baseline.
@@ -118,6 +126,8 @@ class DiscEditPruning(Callback):
         layers: list[str] | None = None,
         scope: Literal["layer", "global"] = "layer",
         min_channels: int | None = None,
+        recalibrate_bn: bool = True,
+        recalibration_batches: int | None = None,
         evaluate: bool = True,
         inputs_targets: InputsTargets | None = None,
         plot: bool = True,
@@ -145,6 +155,8 @@ class DiscEditPruning(Callback):
             raise ValueError(f"min_channels must be >= 1 (or None), got {min_channels}.")
         if calibration_batches is not None and calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1 or None, got {calibration_batches}.")
+        if recalibration_batches is not None and recalibration_batches < 1:
+            raise ValueError(f"recalibration_batches must be >= 1 or None, got {recalibration_batches}.")
         self.sparsity, self.sparsity_type, self.schedule = sparsity, sparsity_type, schedule
         self.at_start = prune_epoch == "start"
         self.prune_epochs = [] if self.at_start else list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
@@ -152,6 +164,9 @@ class DiscEditPruning(Callback):
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.layer_patterns, self.min_channels = layers, min_channels
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
+        self.recalibrate_bn = recalibrate_bn
+        self.recalibration_batches = recalibration_batches if recalibration_batches is not None else calibration_batches
+        self._said_no_bn = False
         self._inputs_targets = inputs_targets or default_inputs_targets
         self.events: list[dict[str, Any]] = []
         self.curve: list[dict[str, float]] = []
@@ -258,6 +273,10 @@ class DiscEditPruning(Callback):
             self.original_widths, self.dense_macs_params[1],
         )
         self._rewire_training(trainer, pl_module)
+        acc_pruned = recalibrated = None
+        if self.recalibrate_bn and result.removed:
+            acc_pruned = self._accuracy(pl_module, val_loader)
+            recalibrated = self._recalibrate(trainer, pl_module)
         if result.removed:
             forget_checkpoint_scores_before_edit(trainer, "DiscEditPruning")
 
@@ -272,6 +291,8 @@ class DiscEditPruning(Callback):
             "params": params,
             "macs": macs,
             "acc_before": acc_before,
+            "acc_after_prune": acc_pruned,
+            "bn_recalibrated": recalibrated,
             "acc_after": self._accuracy(pl_module, val_loader),
         }
         self.events.append(event)
@@ -283,8 +304,19 @@ class DiscEditPruning(Callback):
             f"DISCEDIT-SP {'before' if not in_loop else 'end of'} epoch {event['epoch']}: removed {removed} channels (sparsity {event['sparsity']:.1%}), "
             f"params {params:,}, MACs {macs:,}"
             + (f", val acc {acc_before:.4f} -> {event['acc_after']:.4f}" if acc_before is not None else "")
+            + (f" (BatchNorm recalibrated; {acc_pruned:.4f} before)" if recalibrated and acc_pruned is not None else "")
         )
         return event
+
+    def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """Re-estimate BatchNorm statistics on the calibration loader; returns the number of BatchNorm layers."""
+        loader = stage_loader(trainer, self.calibration_source)
+        batches = device_batches(loader, self.get_inputs_targets, pl_module.device, self.recalibration_batches)
+        count = recalibrate_batchnorm(pl_module, batches, reduce_mean=lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+        if count == 0 and not self._said_no_bn:
+            rank_zero_info("DiscEditPruning: the model has no BatchNorm layer; recalibrate_bn has nothing to do.")
+            self._said_no_bn = True
+        return count
 
     def _rewire_training(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Point DDP and the optimizers at the new parameter tensors."""

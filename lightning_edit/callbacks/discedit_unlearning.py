@@ -32,6 +32,7 @@ from lightning_edit.callbacks._common import (
     probe_classifier,
     stage_loader,
 )
+from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import get_witness
 from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
 from lightning_edit.discedit.unlearn import (
@@ -83,6 +84,9 @@ class DiscEditUnlearning(Callback):
             the paper edits the last stage / last blocks).
         scope: see ``ratio``.
         calibration_batches, calibration_source: which batches give the moments (must contain the forget classes).
+        recalibrate_bn: after masking, reset and re-estimate every BatchNorm's running statistics on
+            ``calibration_batches`` batches of the calibration loader (all classes; averaged across DDP ranks). Off by
+            default (the paper does not); a model without BatchNorm: nothing to do (said in the log).
         evaluate: measure per-class accuracy on the validation loader before and after.
         inputs_targets: ``batch -> (inputs, class_indices)``.
         plot: save the per-class accuracy plot.
@@ -117,6 +121,7 @@ class DiscEditUnlearning(Callback):
         scope: Literal["layer", "global"] = "layer",
         calibration_batches: int | None = 16,
         calibration_source: Literal["train", "val"] = "train",
+        recalibrate_bn: bool = False,
         evaluate: bool = True,
         inputs_targets: InputsTargets | None = None,
         plot: bool = True,
@@ -145,6 +150,7 @@ class DiscEditUnlearning(Callback):
         self.witness, self.importance, self.layer_patterns = witness, importance, layers
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
+        self.recalibrate_bn = recalibrate_bn
         self._inputs_targets = inputs_targets or default_inputs_targets
         self.num_classes: int | None = None
         self.input_shape: list[int] | None = None
@@ -244,6 +250,13 @@ class DiscEditUnlearning(Callback):
             picked = select_components(scores, self.ratio, self.scope, self.std_threshold)
             example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
             masked = mask_components(pl_module, layers, picked, example)
+            if self.recalibrate_bn:
+                batches = device_batches(stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device,
+                                         self.calibration_batches)
+                count = recalibrate_batchnorm(pl_module, batches,
+                                              reduce_mean=lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+                if count == 0:
+                    rank_zero_info("DiscEditUnlearning: the model has no BatchNorm layer; recalibrate_bn has nothing to do.")
         total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
         self.done_epoch = trainer.current_epoch
         self._forget = torch.tensor(self.forget_classes, device=device)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
@@ -85,6 +86,7 @@ def prune_channels(
     min_channels: int | None = None,
     original_widths: dict[str, int] | None = None,
     dense_params: int | None = None,
+    recalibration_batches: Iterable[Any] | None = None,
 ) -> PruneResult:
     """Remove the lowest-scored channels of ``model`` in place so that it reaches ``sparsity``.
 
@@ -99,6 +101,8 @@ def prune_channels(
         original_widths: group root -> width before any pruning; filled in on the first call and reused by
             later calls of a gradual schedule (pass the same dict).
         dense_params: parameter count before any pruning (default: the current count).
+        recalibration_batches: if given, ``(x, y)`` batches on the model's device on which the BatchNorm running
+            statistics are re-estimated after the removal (:func:`~lightning_edit.discedit.recalibrate_batchnorm`).
 
     Returns:
         a :class:`PruneResult`; the model also records the history (:func:`enable_edit_reload`).
@@ -139,6 +143,8 @@ def prune_channels(
 
     history = apply_pruning(model, dg, plan)
     append_pruning_record(model, list(example_input.shape), history)
+    if recalibration_batches is not None:
+        recalibrate_batchnorm(model, recalibration_batches)
     removed = sum(len(v) for v in plan.values())
     remaining = sum(g.width for g in groups) - removed
     return PruneResult(plan, history, removed, 1.0 - remaining / sum(original_widths[g.root] for g in groups))

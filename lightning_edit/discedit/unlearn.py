@@ -15,13 +15,14 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
 
+from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import score_components, unlearning_scores
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload, prunable_layers
 
@@ -192,6 +193,7 @@ def unlearn(
     importance: Literal["discedit", "l1", "random"] = "discedit",
     inplace: bool = False,
     seed: int = 0,
+    recalibration_batches: Iterable[Any] | None = None,
 ) -> tuple[nn.Module, UnlearnReport]:
     """Make ``model`` forget ``forget_classes`` without a Trainer (DISCEDIT-U, no fine-tuning).
 
@@ -207,6 +209,8 @@ def unlearn(
         importance: ``"discedit"`` or a baseline (``"l1"``, ``"random"``) masking the same number of components.
         inplace: edit ``model`` itself; by default a deep copy is edited and ``model`` is untouched.
         seed: seed of the random baseline.
+        recalibration_batches: if given, ``(x, y)`` batches on which the BatchNorm running statistics of the
+            edited model are re-estimated after masking (:func:`~lightning_edit.discedit.recalibrate_batchnorm`).
 
     Returns:
         ``(edited_model, report)``.
@@ -237,6 +241,8 @@ def unlearn(
     )
     picked = select_components(scores, ratio, scope, std_threshold)
     masked = mask_components(edited, chosen, picked, example)
+    if recalibration_batches is not None:
+        recalibrate_batchnorm(edited, recalibration_batches)
     total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in chosen.values())
     report = UnlearnReport(classes, {n: i.tolist() for n, i in picked.items()}, scores, masked, total)
     return edited, report

@@ -130,3 +130,20 @@ def test_bad_input(zoo):
         editor.edit(make_mlp(10, [4], 2))
     with pytest.raises(ValueError, match="sparsity"):
         MetanetworkEditor("weight_pruning", {"sparsity": 1.0})
+
+
+def test_metanetwork_editor_under_the_package_editor_protocol(zoo):
+    from lightning_edit.edit import MetanetworkEdit, make_editor
+
+    torch.manual_seed(0)
+    editor = make_editor("metanetwork", checkpoint=MetanetworkEditor("weight_pruning", {"sparsity": 0.5}, hidden=16,
+                                                                     num_layers=1))
+    assert isinstance(editor, MetanetworkEdit)
+    model = zoo.models[zoo.test_idx[0]]
+    x, y, _ = zoo.eval_tensors("test")
+    edited, result = editor.edit(model, x[:256], y[:256])
+    assert edited is not model and result.steps == 0 and result.success
+    with torch.no_grad():
+        assert result.edit_accuracy == pytest.approx(float((edited(x[:256]).argmax(1) == y[:256]).float().mean()))
+    weights = torch.cat([p.flatten() for n, p in edited.named_parameters() if n.endswith("weight")])
+    assert int((weights == 0).sum()) == round(0.5 * len(weights))
