@@ -36,7 +36,7 @@ from lightning_edit.callbacks._common import (
     probe_classifier,
     stage_loader,
 )
-from lightning_edit.discedit.prune import channel_scores, prune_channels
+from lightning_edit.discedit.prune import IMPORTANCES, NEEDS_GRADIENTS, channel_scores, prune_channels
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
@@ -72,14 +72,19 @@ class DiscEditPruning(Callback):
         schedule: ``"linear"`` or ``"cubic"`` (Zhu & Gupta 2018) sparsity ramp for gradual pruning.
         witness: a name in :data:`lightning_edit.discedit.WITNESS_FUNCTIONS` (``"fisher"``: linear witness on
             ``[s, s²]``, the default; ``"fisher_linear"``, ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
-        importance: ``"discedit"``, or a baseline on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``.
+        importance: ``"discedit"``, or a baseline on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``, or
+            one of torch-pruning's criteria (``"tp_l1"``, ``"tp_l2"``, ``"taylor"`` (gradients of the cross-entropy
+            on the calibration batches), ``"bn_scale"``, ``"lamp"``; :data:`~lightning_edit.discedit.prune.TORCH_PRUNING_IMPORTANCES`).
+        feature_site: where DISCEDIT reads a channel's map: ``"conv"`` (the layer output, before BatchNorm and
+            ReLU; the authors' pruning code) or ``"activation"`` (after them: the map the next layer consumes).
         calibration_batches: batches used for the moments (None: the whole loader).
         calibration_source: ``"train"`` or ``"val"`` loader of the running fit.
         layers: ``fnmatch`` patterns of module names relative to the LightningModule (e.g.
             ``["model.features.*"]``); default every Conv2d/Linear except the last (classifier). Layers
             coupled to a selected one (residual streams) are pruned with it.
         scope: ``"layer"`` (every layer loses the same fraction, as the authors' code) or ``"global"``
-            (one ranking of TV bounds across layers, same total).
+            (one ranking across layers, same total; each layer's scores are divided by their layer mean first,
+            since TV bounds differ in scale between layers).
         min_channels: no layer goes below this width. If None, a layer that the sparsity would prune to
             zero width is an error at setup.
         recalibrate_bn: after each prune, reset and re-estimate every BatchNorm's running statistics on
@@ -120,7 +125,8 @@ class DiscEditPruning(Callback):
         end_epoch: int | None = None,
         schedule: Literal["linear", "cubic"] = "linear",
         witness: str = "fisher",
-        importance: Literal["discedit", "l1", "random"] = "discedit",
+        importance: str = "discedit",
+        feature_site: Literal["conv", "activation"] = "conv",
         calibration_batches: int | None = 16,
         calibration_source: Literal["train", "val"] = "train",
         layers: list[str] | None = None,
@@ -138,7 +144,8 @@ class DiscEditPruning(Callback):
         choices = {
             "sparsity_type": (sparsity_type, ("channels", "parameters")),
             "schedule": (schedule, ("linear", "cubic")),
-            "importance": (importance, ("discedit", "l1", "random")),
+            "importance": (importance, IMPORTANCES),
+            "feature_site": (feature_site, ("conv", "activation")),
             "scope": (scope, ("layer", "global")),
             "calibration_source": (calibration_source, ("train", "val")),
         }
@@ -161,6 +168,7 @@ class DiscEditPruning(Callback):
         self.at_start = prune_epoch == "start"
         self.prune_epochs = [] if self.at_start else list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
         self.witness_name, self.importance, self.scope = witness, importance, scope
+        self.feature_site = feature_site
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.layer_patterns, self.min_channels = layers, min_channels
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
@@ -256,7 +264,7 @@ class DiscEditPruning(Callback):
 
         layers = prunable_layers(pl_module, self.layer_patterns)
         batches = None
-        if self.importance == "discedit":
+        if self.importance == "discedit" or self.importance in NEEDS_GRADIENTS:
             loader = stage_loader(trainer, self.calibration_source)
             batches = device_batches(loader, self.get_inputs_targets, device, self.calibration_batches)
         with warnings.catch_warnings(record=True) as caught:
@@ -265,6 +273,7 @@ class DiscEditPruning(Callback):
                 pl_module, layers, self.importance, batches, self.num_classes, self.witness_name,
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
                 generator=torch.Generator().manual_seed(self.seed + len(self.events)),
+                site=self.feature_site, example_input=example, normalize=self.scope == "global",
             )
         for w in caught:
             rank_zero_warn(f"DiscEditPruning: {w.message}")

@@ -7,12 +7,20 @@ No Lightning import here; the callbacks in :mod:`lightning_edit.callbacks` are t
 
 from lightning_edit.discedit.moments import (
     ClassConditionalMoments,
+    activation_transforms,
     check_targets,
     collect_moments,
     component_features,
     record_moments,
 )
-from lightning_edit.discedit.prune import PruneResult, channel_scores, prune_channels
+from lightning_edit.discedit.prune import (
+    IMPORTANCES,
+    TORCH_PRUNING_IMPORTANCES,
+    PruneResult,
+    channel_scores,
+    prune_channels,
+    torch_pruning_scores,
+)
 from lightning_edit.discedit.recalibrate import batchnorm_layers, recalibrate_batchnorm
 from lightning_edit.discedit.scores import (
     WITNESS_FUNCTIONS,
@@ -59,7 +67,8 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores",
-    "PruneResult", "channel_scores", "prune_channels", "batchnorm_layers", "recalibrate_batchnorm",
+    "IMPORTANCES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "prune_channels", "torch_pruning_scores",
+    "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
     "random_scores", "score_components", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",

@@ -109,9 +109,46 @@ class ClassConditionalMoments:
         return out[0], out[1], out[2], out[3]
 
 
+FeatureSite = Literal["conv", "activation"]
+
+
+def activation_transforms(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, Callable[[Tensor], Tensor]]:
+    """For each layer, the map from its output to what the next layer consumes: ``relu(BN(out))``.
+
+    The BatchNorm is the first one registered after the layer (before any other Conv/Linear) whose width matches the
+    layer's outputs; it is applied with its running statistics (eval mode, per-channel affine). Layers without
+    such a BatchNorm get ``relu(out)``. Assumes a ReLU-family nonlinearity follows, as in every model of the
+    package; pooling is left out (it does not change which channels are dead).
+    """
+    order = list(model.named_modules())
+    names = [n for n, _ in order]
+    transforms = {}
+    for name, layer in layers.items():
+        width = layer.weight.shape[0]
+        bn = None
+        for _, m in order[names.index(name) + 1:]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                break
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_features == width:
+                bn = m
+                break
+
+        def transform(out: Tensor, bn: nn.Module | None = bn) -> Tensor:
+            if bn is not None:
+                shape = [1, -1] + [1] * (out.ndim - 2)
+                scale = (bn.weight if bn.affine else 1.0) / (bn.running_var + bn.eps).sqrt()
+                shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+                out = out * torch.as_tensor(scale).reshape(shape) + torch.as_tensor(shift).reshape(shape)
+            return torch.relu(out)
+
+        transforms[name] = transform
+    return transforms
+
+
 @contextmanager
 def record_moments(
-    layers: Mapping[str, nn.Module], num_classes: int, kind: FeatureKind = "quadratic"
+    layers: Mapping[str, nn.Module], num_classes: int, kind: FeatureKind = "quadratic",
+    transforms: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
 ):
     """Register forward hooks on ``layers`` that accumulate :class:`ClassConditionalMoments`.
 
@@ -127,6 +164,8 @@ def record_moments(
             y = state["y"]
             if y is None:
                 return
+            if transforms is not None and name in transforms:
+                output = transforms[name](output.detach())
             z = component_features(output, kind)
             if name not in moments:
                 moments[name] = ClassConditionalMoments.zeros(num_classes, z.shape[1], z.shape[2], z.device)
@@ -152,6 +191,7 @@ def collect_moments(
     num_classes: int,
     kind: FeatureKind = "quadratic",
     forward: Callable[[Tensor], Any] | None = None,
+    site: FeatureSite = "conv",
 ) -> dict[str, ClassConditionalMoments]:
     """One pass over ``batches`` of ``(inputs, targets)`` in eval mode, without gradients.
 
@@ -162,6 +202,9 @@ def collect_moments(
         num_classes: K.
         kind: see :func:`component_features`.
         forward: how to run the model on ``x`` (default ``model(x)``).
+        site: where a component's map is read: ``"conv"``, the layer's output before BatchNorm and the
+            nonlinearity (the authors' pruning code); ``"activation"``, after them (``relu(BN(out))``, the map the
+            next layer consumes, as the authors' unlearning code; see :func:`activation_transforms`).
 
     Returns:
         layer name -> moments.
@@ -172,7 +215,10 @@ def collect_moments(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), record_moments(layers, num_classes, kind) as (moments, set_targets):
+        if site not in ("conv", "activation"):
+            raise ValueError(f"site must be 'conv' or 'activation', got {site!r}.")
+        transforms = activation_transforms(model, layers) if site == "activation" else None
+        with torch.no_grad(), record_moments(layers, num_classes, kind, transforms) as (moments, set_targets):
             for x, y in batches:
                 check_targets(y)
                 set_targets(y)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
@@ -25,18 +26,93 @@ from lightning_edit.discedit.structured import (
 )
 
 
+TORCH_PRUNING_IMPORTANCES: dict[str, Callable[[], Any]] = {
+    "tp_l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "tp_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+}
+"""Baseline criteria taken from torch-pruning, by name: group L1/L2 magnitude (Li et al. 2017), first-order Taylor
+(Molchanov et al. 2019), BatchNorm scale |γ| (Liu et al. 2017, network slimming), LAMP (Lee et al. 2021). Each is
+normalised within its group by torch-pruning (``normalizer="mean"``; LAMP by its own rule)."""
+NEEDS_GRADIENTS = ("taylor",)
+IMPORTANCES = ("discedit", "l1", "random", *TORCH_PRUNING_IMPORTANCES)
+
+
+def torch_pruning_scores(
+    model: nn.Module, layers: Mapping[str, nn.Module], importance: str, example_input: Tensor,
+    batches: Iterable[tuple[Tensor, Tensor]] | None = None,
+) -> dict[str, Tensor]:
+    """Per-channel scores of ``layers`` by one of torch-pruning's importance criteria, through its API.
+
+    Each layer's output channels form a torch-pruning group (with every coupled layer), scored by the criterion.
+    ``"taylor"`` needs gradients: the cross-entropy of ``model`` (eval mode, BatchNorm statistics untouched) is
+    back-propagated over ``batches`` first, and the gradients are cleared afterwards. A layer whose group has no
+    BatchNorm gets group L2 magnitude under ``"bn_scale"`` (with a warning).
+
+    Returns:
+        layer name -> ``(C_out,)`` float64 (low = remove first).
+
+    Raises:
+        ValueError: for an unknown criterion, or ``"taylor"`` without ``batches`` (names the alternatives).
+    """
+    if importance not in TORCH_PRUNING_IMPORTANCES:
+        raise ValueError(f"Unknown torch-pruning importance {importance!r}; choose one of {sorted(TORCH_PRUNING_IMPORTANCES)}.")
+    if importance in NEEDS_GRADIENTS and batches is None:
+        raise ValueError(f"importance={importance!r} needs gradients of a loss: pass calibration batches, or choose one "
+                         f"that needs none: {[n for n in IMPORTANCES if n not in NEEDS_GRADIENTS]}.")
+    dg = build_dependency_graph(model, example_input)
+    was_training = model.training
+    if importance in NEEDS_GRADIENTS:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for x, y in batches:
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+    try:
+        criterion, fallback = TORCH_PRUNING_IMPORTANCES[importance](), TORCH_PRUNING_IMPORTANCES["tp_l2"]()
+        scores = {}
+        for name, layer in layers.items():
+            prune_fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+            group = dg.get_pruning_group(layer, prune_fn, idxs=list(range(layer.weight.shape[0])))
+            value = criterion(group)
+            if value is None:
+                warnings.warn(f"{importance}: layer {name!r} has no BatchNorm in its group; scored by group L2 magnitude.")
+                value = fallback(group)
+            scores[name] = value.detach().to(torch.float64)
+    finally:
+        if importance in NEEDS_GRADIENTS:
+            model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return scores
+
+
 def channel_scores(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
-    importance: Literal["discedit", "l1", "random"] = "discedit",
+    importance: str = "discedit",
     batches: Iterable[tuple[Tensor, Tensor]] | None = None,
     num_classes: int | None = None,
     witness: str = "fisher",
     reduce_sum: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     class_reduction: Literal["min", "max", "mean"] = "min",
+    site: Literal["conv", "activation"] = "conv",
+    example_input: Tensor | None = None,
+    normalize: bool = False,
 ) -> dict[str, Tensor]:
     """Per-channel scores of each layer (low = remove first).
+
+    ``importance`` is ``"discedit"`` (the paper), ``"l1"`` / ``"random"`` (our own baselines), or a torch-pruning
+    criterion of :data:`TORCH_PRUNING_IMPORTANCES` (``"tp_l1"``, ``"tp_l2"``, ``"taylor"``, ``"bn_scale"``,
+    ``"lamp"``; scored by :func:`torch_pruning_scores` on ``example_input``, default the first batch's first
+    input). ``site`` chooses where DISCEDIT reads a channel's map (``"conv"`` or ``"activation"``).
+
+    ``normalize`` divides each layer's DISCEDIT / L1 / random scores by their mean over the layer, so that one
+    global ranking compares channels relative to their layer (TV bounds and norms differ in scale from layer to
+    layer; torch-pruning normalises its criteria the same way, ``normalizer="mean"``). The authors avoid the
+    question with per-layer budgets; use it with ``scope="global"``.
 
     ``"discedit"``: ``min_c`` TV bound between class c and the rest over calibration ``batches`` of
     ``(x, y)`` on the model's device (moments summed by ``reduce_sum`` across DDP ranks when given;
@@ -58,10 +134,20 @@ def channel_scores(
             missing = (counts == 0).nonzero().flatten().tolist()
             warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
 
-    return score_components(
+    if importance in TORCH_PRUNING_IMPORTANCES:
+        batches = list(batches) if batches is not None else None
+        if example_input is None:
+            if not batches:
+                raise ValueError(f"importance={importance!r} needs example_input (or calibration batches) to trace the model.")
+            example_input = batches[0][0][:1]
+        return torch_pruning_scores(model, layers, importance, example_input, batches)
+    scores = score_components(
         model, layers, importance, lambda m, w: pruning_scores(m, w, class_reduction), batches, num_classes, witness,
-        reduce_sum, generator, check_counts,
+        reduce_sum, generator, check_counts, site,
     )
+    if normalize:
+        scores = {n: v / v[v.isfinite()].mean().clamp_min(1e-12) for n, v in scores.items()}
+    return scores
 
 
 @dataclass

@@ -113,8 +113,12 @@ def score_components(
     reduce_sum: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     check_counts: Callable[[Tensor], None] | None = None,
+    site: str = "conv",
 ) -> dict[str, Tensor]:
     """Scores of every output component of ``layers`` by one of three importances.
+
+    ``site``: where DISCEDIT reads each component's map (``"conv"`` or ``"activation"``, see
+    :func:`~lightning_edit.discedit.collect_moments`).
 
     ``"discedit"``: one eval-mode pass over calibration ``batches`` collects class-conditional moments
     (summed by ``reduce_sum`` across DDP ranks when given), ``check_counts`` validates the per-class
@@ -140,7 +144,7 @@ def score_components(
     if batches is None or num_classes is None:
         raise ValueError("DISCEDIT scores need calibration `batches` of (x, y) and `num_classes`.")
     w = get_witness(witness)
-    moments = collect_moments(model, layers, batches, num_classes, w.feature)
+    moments = collect_moments(model, layers, batches, num_classes, w.feature, site=site)
     if not moments:
         raise ValueError("No calibration batch reached the scored layers; is the calibration loader empty?")
     if reduce_sum is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -62,3 +64,54 @@ def test_class_reductions_and_errors():
         model = net()
         prune_channels(model, torch.zeros(1, 1, 8, 8), channel_scores(model, prunable_layers(model), "l1"), 0.95)
     assert model[0].out_channels == 8  # untouched after the error
+
+
+@pytest.mark.parametrize("importance", ["tp_l1", "tp_l2", "taylor", "bn_scale", "lamp"])
+def test_torch_pruning_criteria_through_the_callback_give_exact_widths(tmp_path, importance):
+    from lightning_edit.callbacks import DiscEditPruning
+    from lightning_edit.data import DigitsDataModule
+    from tests.conftest import make_module, make_trainer
+
+    cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, importance=importance, calibration_batches=2, plot=False)
+    module = make_module()
+    make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2).fit(module, datamodule=DigitsDataModule(batch_size=64))
+    assert module.model.features[0].out_channels == 8 and module.model.features[4].out_channels == 16
+
+
+def test_torch_pruning_magnitude_matches_the_filter_norm(trained_digits):
+    from lightning_edit.discedit import torch_pruning_scores
+
+    module, dm = trained_digits
+    model = module.model
+    layers = prunable_layers(model)
+    x = dm.test_set.x[:1]
+    # Group L1 in torch-pruning averages the |weights| of every coupled weight (conv filter, BN scale, next layer's
+    # input slice; biases left out by default) and divides by the group mean: that, computed by hand.
+    scores = torch_pruning_scores(model, layers, "tp_l1", x)["features.0"]
+    conv, bn, nxt = model.features[0], model.features[1], model.features[4]
+    by_hand = conv.weight.abs().flatten(1).sum(1) + bn.weight.abs() + nxt.weight.abs().transpose(0, 1).flatten(1).sum(1)
+    by_hand = by_hand / by_hand.mean()
+    torch.testing.assert_close(scores, by_hand.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_taylor_without_batches_names_the_alternatives(trained_digits):
+    from lightning_edit.discedit import torch_pruning_scores
+
+    module, dm = trained_digits
+    with pytest.raises(ValueError, match="needs gradients of a loss.*'tp_l2'"):
+        torch_pruning_scores(module.model, prunable_layers(module.model), "taylor", dm.test_set.x[:1])
+
+
+def test_activation_site_scores_a_dead_channel_lowest(trained_digits):
+    """A channel whose BatchNorm output is always negative is zeroed by ReLU: at the activation site it carries
+    nothing (score 0), however its pre-activation varies with the class."""
+    module, dm = trained_digits
+    model = copy.deepcopy(module.model)
+    with torch.no_grad():
+        model.features[1].bias[3] = -1e4  # channel 3 of the first block is dead after ReLU
+    layers = {"features.0": model.features[0]}
+    batches = [(dm.train_set.x[:512], dm.train_set.y[:512])]
+    conv = channel_scores(model, layers, "discedit", batches=batches, num_classes=10, site="conv")["features.0"]
+    act = channel_scores(model, layers, "discedit", batches=batches, num_classes=10, site="activation")["features.0"]
+    assert int(act.argmin()) == 3 and float(act[3]) == 0.0
+    assert float(conv[3]) > 0.0
