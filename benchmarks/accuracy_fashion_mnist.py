@@ -31,15 +31,16 @@ from _common import datamodule, vgg
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
 
-ARMS = {  # label -> (importance, feature site)
-    "DISCEDIT (conv output)": ("discedit", "conv"),
-    "DISCEDIT (after BN+ReLU)": ("discedit", "activation"),
-    "L1 (filter)": ("l1", "conv"),
-    "L2 (torch-pruning group)": ("tp_l2", "conv"),
-    "Taylor (torch-pruning)": ("taylor", "conv"),
-    "BN scale (torch-pruning)": ("bn_scale", "conv"),
-    "LAMP (torch-pruning)": ("lamp", "conv"),
-    "random": ("random", "conv"),
+ARMS = {  # label -> (importance, feature site, class reduction)
+    "DISCEDIT (conv output)": ("discedit", "conv", "min"),
+    "DISCEDIT (after BN+ReLU)": ("discedit", "activation", "min"),
+    "DISCEDIT (after BN+ReLU, mean over classes)": ("discedit", "activation", "mean"),
+    "L1 (filter)": ("l1", "conv", "min"),
+    "L2 (torch-pruning group)": ("tp_l2", "conv", "min"),
+    "Taylor (torch-pruning)": ("taylor", "conv", "min"),
+    "BN scale (torch-pruning)": ("bn_scale", "conv", "min"),
+    "LAMP (torch-pruning)": ("lamp", "conv", "min"),
+    "random": ("random", "conv", "min"),
 }
 
 
@@ -95,11 +96,11 @@ def main() -> None:
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         for scope in args.scopes:
             for sparsity in args.sparsities:
-                for label, (importance, site) in ARMS.items():
+                for label, (importance, site, reduction) in ARMS.items():
                     module = copy.deepcopy(base)
                     model = module.model
                     layers = prunable_layers(model)
-                    scores = channel_scores(model, layers, importance, calib, 10, "fisher", site=site,
+                    scores = channel_scores(model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
                                             generator=torch.Generator().manual_seed(seed), example_input=example,
                                             normalize=scope == "global" and importance in ("discedit", "l1"))
                     prune_channels(model, example, scores, sparsity, layers, sparsity_type="parameters", scope=scope,
@@ -114,7 +115,7 @@ def main() -> None:
                     for col, v in accs.items():
                         results.setdefault(f"{scope}|{sparsity}|{label}|{col}", []).append(v)
                     results.setdefault(f"{scope}|{sparsity}|{label}|params_kept", []).append(kept)
-                    print(f"  {scope:<6} {sparsity:.1f} {label:<26} params kept {kept:.3f}  no-FT {accs['no_ft']:.4f}  "
+                    print(f"  {scope:<6} {sparsity:.1f} {label:<44} params kept {kept:.3f}  no-FT {accs['no_ft']:.4f}  "
                           f"BN-recal {accs['recal']:.4f}" + (f"  1-ep FT {accs['ft']:.4f}" if "ft" in accs else ""),
                           flush=True)
 
