@@ -10,7 +10,7 @@ For each seed the network is trained anew (seed s) and the calibration sample (1
 the recalibration sample (20 batches) are drawn with seed s. Mean ± std over the seeds; ``results.json`` and
 ``table.md`` are written to ``--out``.
 
-    python benchmarks/accuracy_fashion_mnist.py [--width 0.25] [--seeds 3] [--sparsities 0.3 0.5 0.7] [--finetune]
+    python benchmarks/accuracy_fashion_mnist.py [--arch vgg11|resnet20] [--width 0.25] [--seeds 3] [--finetune]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from _common import datamodule, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
+from lightning_edit.models import resnet20
 
 ARMS = {  # label -> (importance, feature site, class reduction)
     "DISCEDIT (conv output)": ("discedit", "conv", "min"),
@@ -70,13 +71,15 @@ def main() -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="parameter sparsities")
     ap.add_argument("--scopes", nargs="+", default=["layer", "global"])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--arch", choices=["vgg11", "resnet20"], default="vgg11", help="resnet20: option-B shortcuts")
+    ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
     ap.add_argument("--finetune", action="store_true", help="also one fine-tuning epoch per arm (slow)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
-    out = Path(args.out or f"benchmarks/results/accuracy_fashion_mnist_w{args.width:g}")
+    tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
+    out = Path(args.out or f"benchmarks/results/accuracy_fashion_mnist_{tag}")
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
     dm.setup()
     x_test, y_test = dm.test_set.x, dm.test_set.y
@@ -85,7 +88,8 @@ def main() -> None:
     dense_accs = []
     for seed in range(args.seeds):
         L.seed_everything(seed, verbose=False)
-        base = ClassifierModule(vgg(side, args.width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
+        net = vgg(side, args.width) if args.arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
+        base = ClassifierModule(net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
         t0 = time.perf_counter()
         trainer(args.epochs).fit(base, datamodule=dm)
         dense = test_acc(base.model, x_test, y_test)
@@ -129,7 +133,7 @@ def main() -> None:
     cols = ["no_ft", "recal"] + (["ft"] if args.finetune else [])
     names = {"no_ft": "no fine-tune", "recal": "BN-recalibrated", "ft": "1 fine-tuning epoch"}
     lines = [f"Dense test accuracy {statistics.fmean(dense_accs):.3f} ± {statistics.stdev(dense_accs) if len(dense_accs) > 1 else 0:.3f} "
-             f"(VGG-11, width {args.width:g}, {args.seeds} seeds)", "",
+             f"({'VGG-11, width ' + format(args.width, 'g') if args.arch == 'vgg11' else 'ResNet-20 (option B)'}, {args.seeds} seeds)", "",
              "| scope | param. sparsity | method | " + " | ".join(names[c] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for scope in args.scopes:
