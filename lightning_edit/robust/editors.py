@@ -133,6 +133,7 @@ class _LocalEditor:
         self.lr, self.max_steps, self.retain = lr, max_steps, retain
         self.locality, self.locality_coef, self.target_accuracy = locality, locality_coef, target_accuracy
         self.retain_limit = retain_limit
+        self.name = type(self).__name__  # who the no-retain warning names
         self._warned = False
 
     def _locality(self, original: nn.Module, x: Tensor, retain: Retain) -> Locality | None:
@@ -140,7 +141,7 @@ class _LocalEditor:
         if retain is None or self.locality_coef == 0:
             if not self._warned:
                 warnings.warn(
-                    f"{type(self).__name__}: no retain data (or locality_coef=0), so nothing holds the rest of the "
+                    f"{self.name}: no retain data (or locality_coef=0), so nothing holds the rest of the "
                     "model fixed; the edit may change many other predictions. Pass retain= (a loader or an (x, y) "
                     "pair of the training data) to add the locality term.", UserWarning, stacklevel=3,
                 )
@@ -260,6 +261,7 @@ class InterpolationEditor:
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
         self.finetune = FineTuneEditor([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
                                        retain_limit)
+        self.finetune.name = type(self).__name__
         self.alpha: float | None = None
 
     def interpolate(self, original: nn.Module, finetuned: nn.Module, alpha: float) -> nn.Module:
