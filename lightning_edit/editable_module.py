@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_edit.editable.editors import EditResult, GradientEditor, edit_loss, select_parameters
+from lightning_edit.editable.editors import EditResult, GradientEditor, default_editable_parameters, edit_loss, select_parameters
 from lightning_edit.editable.metrics import EditMetrics, evaluate_edits, random_wrong_labels
 from lightning_edit.module import ClassifierModule
 
@@ -20,31 +20,39 @@ class EditableModule(ClassifierModule):
 
     Objective (paper Eq. 4; METHODS.md Sec. 2):
     ``L = CE(batch) + edit_coef · l_e(Edit_k(θ)) + locality_coef · KL(p(·|x, θ) ‖ p(·|x, Edit_k(θ)))``.
-    Each step samples ``edits_per_step`` inputs of the batch with uniformly random target labels,
-    applies the editor *differentiably* (``torch.func.functional_call`` on updated tensors, the module
-    is never mutated) in eval mode, and back-propagates through its steps. The editor's learning rate
-    is learned with the model when ``editor.log_lr`` requires grad.
+    Each step edits ``edits_per_step`` random images of the training batch to uniformly random labels (a
+    label that already holds costs no step), applies the editor *differentiably* (``torch.func.functional_call``
+    on updated tensors, the module is never mutated) in eval mode, and back-propagates through its steps.
+    The editor's β (and lr, if ``learn_lr``) is trained with the model.
 
-    Every validation epoch, ``val_edits`` held-out samples are edited to fixed random wrong labels
-    (each an edit of the current model) and ``edit/success_rate``, ``edit/mean_steps``,
-    ``edit/drawdown`` (mean increase of validation error, in [0, 1]) and ``edit/base_error`` are logged.
+    Defaults are the authors' protocol (github xtinkt/editable, CIFAR-10): RMSProp editor, lr 1e-3, learned
+    β = 0.5, k = 10; one inner block edited (:func:`~lightning_edit.editable.default_editable_parameters`:
+    ``layer3`` of a CIFAR ResNet, never the head); c_edit = c_loc = 0.01; Adam; gradient-norm clip 10
+    (``max_grad_norm``, used when the Trainer sets no ``gradient_clip_val``).
+
+    Every validation epoch, ``val_edits`` held-out samples are edited to fixed random wrong labels (each an
+    edit of the current model) and ``edit/success_rate``, ``edit/mean_steps``, ``edit/drawdown`` (mean
+    increase of validation error, in [0, 1]) and ``edit/base_error`` are logged
+    (:func:`~lightning_edit.editable.evaluate_edits`).
 
     Args:
         model, num_classes, optimizer, lr_scheduler, per_class_accuracy: see :class:`ClassifierModule`.
-        editor: the :class:`~lightning_edit.editable.GradientEditor` (default: RMSProp, lr 1e-3, 10 steps).
-        editable_parameters: ``fnmatch`` patterns of the wrapped model's parameter names that edits may
-            change (e.g. ``["hidden.*", "classifier.*"]``); None: all.
+        editor: the :class:`~lightning_edit.editable.GradientEditor` (default: the authors' RMSProp editor).
+        editable_parameters: ``fnmatch`` patterns of the wrapped model's parameter names that edits may change
+            (e.g. ``["layer3.*"]``); ``"auto"``: one inner block, as the authors; None: all.
         edit_coef, locality_coef: c_edit and c_loc (0.01 each in the authors' code).
         edits_per_step: edit samples drawn from each training batch (edited together).
         train_edit_steps: editor steps during training (default: the editor's ``max_steps``). They run without
             early stopping, each gated by "edit not yet satisfied": the same update, no host sync.
+        max_grad_norm: outer gradient-norm clip when the Trainer sets none (None: no clip).
         val_edits: edits evaluated each validation epoch (0 disables).
         val_drawdown_batches: validation batches on which drawdown is measured.
         seed: seed of the validation edit targets.
 
     Raises:
         ValueError: if ``editable_parameters`` match nothing or none requires grad (at construction and setup),
-            or for negative coefficients / ``edits_per_step < 1``.
+            for negative coefficients / ``edits_per_step < 1`` / ``max_grad_norm <= 0``, or if ``"auto"`` finds
+            no inner block.
     """
 
     _object_hparams = ("model", "optimizer", "lr_scheduler", "editor")
@@ -57,11 +65,12 @@ class EditableModule(ClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         per_class_accuracy: bool = False,
         editor: GradientEditor | None = None,
-        editable_parameters: list[str] | None = None,
+        editable_parameters: list[str] | str | None = "auto",
         edit_coef: float = 0.01,
         locality_coef: float = 0.01,
         edits_per_step: int = 1,
         train_edit_steps: int | None = None,
+        max_grad_norm: float | None = 10.0,
         val_edits: int = 16,
         val_drawdown_batches: int = 4,
         seed: int = 0,
@@ -71,8 +80,15 @@ class EditableModule(ClassifierModule):
             raise ValueError(
                 f"Need edit_coef, locality_coef >= 0 and edits_per_step >= 1, got {edit_coef}, {locality_coef}, {edits_per_step}."
             )
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}.")
         self.editor = editor if editor is not None else GradientEditor()
+        if isinstance(editable_parameters, str):
+            if editable_parameters != "auto":
+                raise ValueError(f"editable_parameters must be a list of patterns, 'auto' or None, got {editable_parameters!r}.")
+            editable_parameters = default_editable_parameters(self.model)
         self.editable_parameters = editable_parameters
+        self.max_grad_norm = max_grad_norm
         select_parameters(self.model, editable_parameters)
         self.edit_coef, self.locality_coef, self.edits_per_step = edit_coef, locality_coef, edits_per_step
         self.train_edit_steps, self.val_edits, self.val_drawdown_batches = train_edit_steps, val_edits, val_drawdown_batches
@@ -91,9 +107,15 @@ class EditableModule(ClassifierModule):
         if self.edit_coef > 0 or self.locality_coef > 0:
             edit_term, locality_term = self.edit_losses(x)
             loss = loss + self.edit_coef * edit_term + self.locality_coef * locality_term
-            self.log_dict({"train_edit_loss": edit_term, "train_locality_loss": locality_term, "editor_lr": self.editor.lr})
+            self.log_dict({"train_edit_loss": edit_term, "train_locality_loss": locality_term,
+                           "editor_lr": self.editor.lr, "editor_beta": self.editor.beta})
         self.log("train_loss", loss, prog_bar=True)
         return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val is None and self.max_grad_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.max_grad_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def edit_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Edit loss left after the editor and locality KL on ``x``, both differentiable w.r.t. θ (and the editor)."""

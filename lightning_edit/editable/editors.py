@@ -75,28 +75,81 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None) -> dict[
     return trainable
 
 
+def default_editable_parameters(model: nn.Module) -> list[str]:
+    """The authors' choice of edited parameters, one inner block: ``fnmatch`` patterns for ``model``.
+
+    Sinitsin et al. edit ``layer3`` of a CIFAR-10 ResNet-18 and, on ImageNet, a residual MLP block inserted
+    before ``fc``: never the classifier head. Rule: the last top-level child with parameters *before* the last
+    one (the head). If that child is a plain sequence of layers (no nested blocks), only its last layer with
+    weights and the BatchNorm that follows it. Examples: :class:`~lightning_edit.models.CifarResNet` ->
+    ``layer3.*``; :class:`~lightning_edit.models.SmallCNN` -> ``hidden.*``.
+
+    Raises:
+        ValueError: if the model has fewer than two top-level children with parameters (name the parameters
+            explicitly then).
+    """
+    children = [(name, m) for name, m in model.named_children() if any(True for _ in m.parameters())]
+    if len(children) < 2:
+        raise ValueError(f"Cannot pick an inner block of {type(model).__name__}: it has {len(children)} top-level "
+                         "module(s) with parameters. Pass editable_parameters=[...] patterns explicitly.")
+    name, block = children[-2]
+    layers = list(block.named_children())
+    if layers and all(not list(m.children()) for _, m in layers):
+        weighted = [i for i, (_, m) in enumerate(layers) if getattr(m, "weight", None) is not None
+                    and not isinstance(m, nn.modules.batchnorm._NormBase)]
+        if weighted:
+            i = weighted[-1]
+            chosen = [layers[i][0]]
+            if i + 1 < len(layers) and isinstance(layers[i + 1][1], nn.modules.batchnorm._NormBase):
+                chosen.append(layers[i + 1][0])
+            return [f"{name}.{c}.*" for c in chosen]
+    return [f"{name}.*"]
+
+
 class GradientEditor(nn.Module):
-    """In-graph gradient descent on the edit loss, with an optional learned learning rate.
+    """In-graph gradient descent on the edit loss, with a learned RMSProp decay and an optional learned lr.
+
+    Defaults are the authors' CIFAR-10 editor (github xtinkt/editable, ``IngraphRMSProp``): RMSProp with lr
+    1e-3, β = 0.5 learned by the outer optimiser, ε = 1e-6 inside the square root, k = 10 steps.
+
+    **Numerical stability.** Editable training differentiates *through* the update ``u = g / √(ewma + ε)``. Its
+    derivative w.r.t. the gradient, ``∂u/∂g = ε / (g² + ε)^{3/2}`` on the first step (ewma = g²), peaks at
+    ``ε^{-1/2}`` where ``g → 0``: every coordinate with a near-zero edit gradient multiplies the second-order
+    term ``lr · H`` by ``ε^{-1/2}`` (10⁴ for ε = 1e-8, 10³ for the authors' 1e-6). Hence (i) ε defaults to 1e-6;
+    (ii) the update is computed in float32 whatever the autocast dtype (``g²`` underflows in bf16, which
+    sends ``ε^{-1/2}`` to every coordinate); (iii) a learned lr lives in log space inside ``lr_bounds``
+    (``log lr = lo + (hi - lo)·sigmoid(ρ)``), so it can neither run away, which scales the amplification,
+    nor collapse to 0; (iv) ``max_update_norm`` optionally clips each step's update norm over all edited
+    tensors (differentiable; off by default, as in the authors' code). The authors clamp lr and β with a
+    straight-through gradient; we use sigmoids, which keep the gradient and the bounds.
 
     Args:
-        lr: step size (the authors' code: 1e-3 with RMSProp on CIFAR-10).
+        lr: step size (initial value when learned).
         max_steps: step limit ``k`` (10 in every experiment of the paper).
         method: ``"sgd"``, ``"momentum"`` (heavy ball), ``"rmsprop"`` (first step ewma = g², as the authors'
             code) or ``"adam"`` (bias-corrected).
         momentum: momentum coefficient for ``"momentum"`` and the first moment of ``"adam"``.
-        beta: second-moment decay of ``"rmsprop"``/``"adam"`` (0.5 in the authors' code).
-        eps: added to the second moment before the square root.
-        learn_lr: make ``log lr`` a parameter, trained with the model during editable training.
+        beta: second-moment decay of ``"rmsprop"``/``"adam"`` (initial value when learned), in (0, 1).
+        eps: added to the second moment inside the square root (the authors' 1e-6).
+        learn_lr: train the lr with the model during editable training (in log space, within ``lr_bounds``).
+        learn_beta: train β with the model (``β = sigmoid(logit)``); None: True for ``"rmsprop"``/``"adam"``.
+        lr_bounds: ``(min, max)`` of a learned lr.
+        max_update_norm: clip each step's update (``lr · direction``, all edited tensors together) to this L2
+            norm; None: no clip.
         editable_parameters: default ``fnmatch`` patterns of the parameters :meth:`edit` changes (None: all), so
             that the editor is complete when built by name (:func:`lightning_edit.edit.make_editor`).
 
     Raises:
-        ValueError: for a non-positive lr, ``max_steps < 1`` or an unknown method.
+        ValueError: for a non-positive lr, ``max_steps < 1``, an unknown method, β outside (0, 1), a non-positive
+            ε or update norm, an lr outside ``lr_bounds`` when learned, or ``learn_beta=True`` with a method
+            that has no β (``"sgd"``, ``"momentum"``).
     """
 
     def __init__(
         self, lr: float = 1e-3, max_steps: int = 10, method: Method = "rmsprop", momentum: float = 0.9,
-        beta: float = 0.5, eps: float = 1e-8, learn_lr: bool = True, editable_parameters: Sequence[str] | None = None,
+        beta: float = 0.5, eps: float = 1e-6, learn_lr: bool = False, learn_beta: bool | None = None,
+        lr_bounds: tuple[float, float] = (1e-5, 1.0), max_update_norm: float | None = None,
+        editable_parameters: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.editable_parameters = list(editable_parameters) if editable_parameters is not None else None
@@ -104,13 +157,37 @@ class GradientEditor(nn.Module):
             raise ValueError(f"Need lr > 0 and max_steps >= 1, got lr={lr}, max_steps={max_steps}.")
         if method not in ("sgd", "momentum", "rmsprop", "adam"):
             raise ValueError(f"method must be 'sgd', 'momentum', 'rmsprop' or 'adam', got {method!r}.")
-        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)), requires_grad=learn_lr)
-        self.max_steps, self.method, self.momentum, self.beta, self.eps = max_steps, method, momentum, beta, eps
+        if not 0 < beta < 1 or eps <= 0 or (max_update_norm is not None and max_update_norm <= 0):
+            raise ValueError(f"Need 0 < beta < 1, eps > 0 and max_update_norm > 0 (or None), got {beta}, {eps}, {max_update_norm}.")
+        has_beta = method in ("rmsprop", "adam")
+        if learn_beta and not has_beta:
+            raise ValueError(f"learn_beta=True needs method 'rmsprop' or 'adam' (method {method!r} has no beta); "
+                             "set learn_beta=False.")
+        lo, hi = (math.log(b) for b in lr_bounds)
+        if learn_lr and not lo < math.log(lr) < hi:
+            raise ValueError(f"A learned lr must start strictly inside lr_bounds={tuple(lr_bounds)}, got lr={lr}.")
+        self.max_steps, self.method, self.momentum, self.eps = max_steps, method, momentum, eps
+        self.max_update_norm, self.lr_bounds = max_update_norm, (float(lr_bounds[0]), float(lr_bounds[1]))
+        self.learn_lr = learn_lr
+        if learn_lr:
+            self.lr_logit = nn.Parameter(torch.logit(torch.tensor((math.log(lr) - lo) / (hi - lo), dtype=torch.float64)).float())
+        else:
+            self.register_buffer("fixed_lr", torch.tensor(float(lr)))
+        learn_beta = has_beta if learn_beta is None else learn_beta
+        self.beta_logit = nn.Parameter(torch.logit(torch.tensor(float(beta), dtype=torch.float64)).float(), requires_grad=learn_beta)
 
     @property
     def lr(self) -> Tensor:
-        """The step size, ``exp(log_lr)`` (0-d tensor, differentiable when learned)."""
-        return self.log_lr.exp()
+        """The step size (0-d float32 tensor, differentiable when learned)."""
+        if not self.learn_lr:
+            return self.fixed_lr
+        lo, hi = (math.log(b) for b in self.lr_bounds)
+        return torch.exp(lo + (hi - lo) * torch.sigmoid(self.lr_logit.float()))
+
+    @property
+    def beta(self) -> Tensor:
+        """The second-moment decay β in (0, 1) (0-d tensor, differentiable when learned)."""
+        return torch.sigmoid(self.beta_logit.float())
 
     def run(
         self,
@@ -136,22 +213,27 @@ class GradientEditor(nn.Module):
         params = dict(params)
         state: dict[str, tuple[Tensor, Tensor]] = {}
         steps = torch.zeros((), dtype=torch.long, device=next(iter(params.values())).device)
-        lr = self.lr
+        lr, beta = self.lr, self.beta
         for t in range(max_steps or self.max_steps):
             loss = loss_fn(params)
             active = (loss > 0).any()
             if early_stop and not bool(active):
                 return params, steps, loss
             grads = torch.autograd.grad(loss.sum(), list(params.values()), create_graph=create_graph, allow_unused=True)
-            gate = active.to(lr.dtype)
-            for (name, p), g in zip(list(params.items()), grads):
-                if g is None:
-                    continue
-                params[name] = p - gate * lr * self._direction(name, g, state, t)
+            with torch.autocast(loss.device.type, enabled=False):
+                updates = {name: lr * self._direction(name, g.float(), state, t, beta)
+                           for name, g in zip(list(params), grads) if g is not None}
+                if self.max_update_norm is not None and updates:
+                    norm = torch.sqrt(sum((u * u).sum() for u in updates.values()))
+                    scale = torch.clamp(self.max_update_norm / (norm + 1e-12), max=1.0)
+                    updates = {name: u * scale for name, u in updates.items()}
+                gate = active.float()
+                for name, u in updates.items():
+                    params[name] = params[name] - (gate * u).to(params[name].dtype)
             steps = steps + active.long()
         return params, steps, loss_fn(params)
 
-    def _direction(self, name: str, g: Tensor, state: dict, t: int) -> Tensor:
+    def _direction(self, name: str, g: Tensor, state: dict, t: int, beta: Tensor) -> Tensor:
         if self.method == "sgd":
             return g
         if self.method == "momentum":
@@ -160,13 +242,13 @@ class GradientEditor(nn.Module):
             return v
         sq = g * g
         if self.method == "rmsprop":
-            ewma = sq if name not in state else self.beta * state[name][1] + (1 - self.beta) * sq
+            ewma = sq if name not in state else beta * state[name][1] + (1 - beta) * sq
             state[name] = (g, ewma)
             return g / (ewma + self.eps).sqrt()
         m = (1 - self.momentum) * g if name not in state else self.momentum * state[name][0] + (1 - self.momentum) * g
-        v = (1 - self.beta) * sq if name not in state else self.beta * state[name][1] + (1 - self.beta) * sq
+        v = (1 - beta) * sq if name not in state else beta * state[name][1] + (1 - beta) * sq
         state[name] = (m, v)
-        m_hat, v_hat = m / (1 - self.momentum ** (t + 1)), v / (1 - self.beta ** (t + 1))
+        m_hat, v_hat = m / (1 - self.momentum ** (t + 1)), v / (1 - beta ** (t + 1))
         return m_hat / (v_hat + self.eps).sqrt()
 
     def edit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import lightning as L
 import pytest
@@ -78,12 +79,13 @@ def test_drawdown_on_a_hand_made_case():
 
 def test_edit_gradient_flows_through_the_editor_steps():
     torch.manual_seed(0)
-    module = EditableModule(SmallCNN(1, 10, widths=(4, 8), hidden=8), editor=GradientEditor(lr=0.1, method="sgd", max_steps=3),
-                            editable_parameters=LAST)
+    module = EditableModule(SmallCNN(1, 10, widths=(4, 8), hidden=8),
+                            editor=GradientEditor(lr=0.1, method="rmsprop", max_steps=3, learn_lr=True), editable_parameters=LAST)
     x = torch.randn(8, 1, 8, 8)
     edit_term, locality = module.edit_losses(x)
     (edit_term + locality).backward()
-    assert module.editor.log_lr.grad is not None and module.editor.log_lr.grad.abs() > 0  # only reachable through the steps
+    for p in (module.editor.lr_logit, module.editor.beta_logit):  # only reachable through the steps
+        assert p.grad is not None and p.grad.abs() > 0
     assert module.model.classifier.weight.grad.abs().sum() > 0
     assert module.model.features[0].weight.grad.abs().sum() > 0  # non-edited params too: the edit loss depends on them
 
@@ -103,6 +105,18 @@ def test_bad_input(trained):
         EditableModule(frozen, editable_parameters=["classifier.*"])
     with pytest.raises(ValueError, match="lr > 0"):
         GradientEditor(lr=0.0)
+    with pytest.raises(ValueError, match="learn_beta=True needs method"):
+        GradientEditor(method="sgd", learn_beta=True)
+    with pytest.raises(ValueError, match="inside lr_bounds"):
+        GradientEditor(lr=2.0, learn_lr=True, lr_bounds=(1e-4, 1.0))
+    with pytest.raises(ValueError, match="0 < beta < 1"):
+        GradientEditor(beta=1.0)
+    with pytest.raises(ValueError, match="inner block"):
+        EditableModule(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    with pytest.raises(ValueError, match="'auto' or None"):
+        EditableModule(SmallCNN(1, 10), editable_parameters="hidden.*")
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        EditableModule(SmallCNN(1, 10), max_grad_norm=0.0)
 
 
 def test_editable_module_trains_logs_edit_metrics_and_edits(tmp_path):
@@ -120,3 +134,75 @@ def test_editable_module_trains_logs_edit_metrics_and_edits(tmp_path):
     target = (module(x).argmax(1) + 1) % 10
     edited, result = module.edit(x, target, max_steps=50)
     assert result.success and edited(x).argmax(1).item() == target.item()
+
+
+def test_authors_defaults_and_inner_block():
+    from lightning_edit.editable import default_editable_parameters
+    from lightning_edit.models import VGG, resnet20
+
+    editor = GradientEditor()
+    assert editor.method == "rmsprop" and editor.max_steps == 10 and editor.eps == 1e-6
+    assert float(editor.lr) == pytest.approx(1e-3) and not editor.learn_lr
+    assert editor.beta_logit.requires_grad and float(editor.beta) == pytest.approx(0.5)
+    assert not GradientEditor(method="sgd").beta_logit.requires_grad
+    assert default_editable_parameters(resnet20(in_channels=1)) == ["layer3.*"]
+    assert default_editable_parameters(SmallCNN(1, 10)) == ["hidden.*"]
+    vgg = VGG("vgg11", in_channels=1, num_classes=10, width_multiplier=0.25, max_pools=4)
+    last_conv = [n for n, m in vgg.features.named_children() if isinstance(m, nn.Conv2d)][-1]
+    assert default_editable_parameters(vgg) == [f"features.{last_conv}.*", f"features.{int(last_conv) + 1}.*"]
+    module = EditableModule(SmallCNN(1, 10))
+    assert module.editable_parameters == ["hidden.*"] and module.edit_coef == module.locality_coef == 0.01
+    assert module.max_grad_norm == 10.0
+
+
+def test_metrics_match_a_hand_computed_case():
+    """logits = x + b, only b edited, SGD lr 0.3, k = 2: each step moves z1 - z0 by 1.2 ... by 0.6."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    test_x = torch.tensor([[2.0, 0.0], [1.0, 0.5], [0.0, 1.0], [0.5, 0.0], [3.0, 0.0], [1.1, 0.0]])
+    test_y = torch.tensor([0, 0, 1, 1, 1, 0])  # base: [0.5, 0] and [3, 0] wrong -> 2/6
+    edit_x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 0.0]])
+    edit_y = torch.tensor([1, 1, 1])
+    # edit 1: gap 1.0 -> 0.4 -> -0.2, success in 2 steps, b = (-0.6, 0.6): [1, .5] and [1.1, 0] turn wrong,
+    #         [.5, 0] turns right -> error 3/6; edit 2 already holds: 0 steps, error 2/6;
+    # edit 3: gap 5.0 -> 3.8 after the 2 allowed steps: failure, 2 steps, same b as edit 1 -> error 3/6.
+    m = evaluate_edits(model, GradientEditor(lr=0.3, max_steps=2, method="sgd"), edit_x, edit_y, [(test_x, test_y)], ["bias"])
+    assert m.base_error == pytest.approx(2 / 6)
+    assert m.success_rate == pytest.approx(2 / 3) and m.mean_steps == pytest.approx(4 / 3)
+    assert m.drawdown == pytest.approx(1 / 9) and m.drawdown_p90 == pytest.approx(1 / 6)
+    assert m.drawdowns == pytest.approx((1 / 6, 0.0, 1 / 6)) and m.num_edits == 3 and m.median_latency_s > 0
+    assert torch.equal(model.bias, torch.zeros(2))  # every edit starts from the original model
+
+
+def test_rmsprop_with_learned_lr_stays_finite_and_bounded():
+    """A few hundred editable-training steps with the second-order RMSProp path and a learned lr."""
+    L.seed_everything(0)
+    bounds = (1e-4, 0.1)
+    editor = GradientEditor(lr=1e-2, method="rmsprop", learn_lr=True, lr_bounds=bounds)
+    module = EditableModule(SmallCNN(1, 10), editor=editor, edit_coef=0.1, locality_coef=0.1, val_edits=0)
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(module, DigitsDataModule(batch_size=32))
+    assert len(losses) == 300 and all(map(math.isfinite, losses))
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    lr = float(editor.lr)
+    assert bounds[0] * 1.01 < lr < bounds[1] / 1.01 and lr != pytest.approx(1e-2, rel=1e-3)  # learned, not pinned
+    assert sum(losses[-20:]) < sum(losses[:20])
+
+
+def test_default_gradient_clip_is_the_authors_norm_10(monkeypatch):
+    module = EditableModule(SmallCNN(1, 10), val_edits=0)
+    seen = []
+    monkeypatch.setattr(module, "clip_gradients", lambda opt, val, algo: seen.append((val, algo)))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DigitsDataModule(batch_size=32))
+    assert seen == [(10.0, "norm")]
