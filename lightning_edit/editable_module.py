@@ -105,7 +105,7 @@ class EditableModule(ClassifierModule):
         self.train_acc(logits, y)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         if self.edit_coef > 0 or self.locality_coef > 0:
-            edit_term, locality_term = self.edit_losses(x)
+            edit_term, locality_term = self.edit_losses(x, logits)
             loss = loss + self.edit_coef * edit_term + self.locality_coef * locality_term
             self.log_dict({"train_edit_loss": edit_term, "train_locality_loss": locality_term,
                            "editor_lr": self.editor.lr, "editor_beta": self.editor.beta})
@@ -117,8 +117,18 @@ class EditableModule(ClassifierModule):
             gradient_clip_val, gradient_clip_algorithm = self.max_grad_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def edit_losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Edit loss left after the editor and locality KL on ``x``, both differentiable w.r.t. θ (and the editor)."""
+    def edit_losses(self, x: Tensor, reference_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Edit loss left after the editor and locality KL on ``x``, both differentiable w.r.t. θ (and the editor).
+
+        Args:
+            x: ``(B, ...)`` training batch; the edit inputs are drawn from it.
+            reference_logits: ``(B, K)`` the unedited model's logits on ``x`` (detached here). The training step
+                passes its own forward, as the authors' code does (no extra forward; train-mode BatchNorm while
+                the edited model runs in eval mode). None: one no-grad forward in the current mode.
+
+        Returns:
+            ``(mean edit loss left after the editor (nats), KL(original ‖ edited) on x (nats))``.
+        """
         idx = torch.randint(0, len(x), (self.edits_per_step,), device=x.device)
         targets = torch.randint(0, self.num_classes, (self.edits_per_step,), device=x.device)
         edit_x = x[idx]
@@ -130,11 +140,14 @@ class EditableModule(ClassifierModule):
                 params, lambda ps: edit_loss(functional_call(self.model, ps, (edit_x,)), targets),
                 create_graph=True, early_stop=False, max_steps=self.train_edit_steps,
             )
-            original = torch.log_softmax(self.model(x), -1).detach()
             after = torch.log_softmax(functional_call(self.model, edited, (x,)), -1)
         finally:
             self.model.train(was_training)
-        locality = F.kl_div(after, original, log_target=True, reduction="batchmean")
+        if reference_logits is None:
+            with torch.no_grad():
+                reference_logits = self(x)
+        original = torch.log_softmax(reference_logits.detach().float(), -1)
+        locality = F.kl_div(after.float(), original, log_target=True, reduction="batchmean")
         return remaining.mean(), locality
 
     def edit(self, x: Tensor, y_target: Tensor, max_steps: int | None = None) -> tuple[nn.Module, EditResult]:

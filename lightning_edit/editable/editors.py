@@ -110,7 +110,12 @@ class GradientEditor(nn.Module):
     """In-graph gradient descent on the edit loss, with a learned RMSProp decay and an optional learned lr.
 
     Defaults are the authors' CIFAR-10 editor (github xtinkt/editable, ``IngraphRMSProp``): RMSProp with lr
-    1e-3, β = 0.5 learned by the outer optimiser, ε = 1e-6 inside the square root, k = 10 steps.
+    1e-3, β = 0.5 learned by the outer optimiser, ε = 1e-6 inside the square root, k = 10 steps. The lr is
+    learned too (the authors' code supports it and fixes it per dataset, 1e-3 CIFAR / 1e-4 ImageNet): the
+    outer objective trades edit success (pushes lr up) against locality (pushes it down), which picks the
+    per-model lr that a fixed value cannot (measured: a fixed 1e-3 on the 4k-parameter hidden block of the
+    SmallCNN reaches edit success 0.13 in 10 steps; on ResNet-20 ``layer3`` it succeeds in 1.6 steps with a
+    50-point drawdown).
 
     **Numerical stability.** Editable training differentiates *through* the update ``u = g / √(ewma + ε)``. Its
     derivative w.r.t. the gradient, ``∂u/∂g = ε / (g² + ε)^{3/2}`` on the first step (ewma = g²), peaks at
@@ -147,8 +152,8 @@ class GradientEditor(nn.Module):
 
     def __init__(
         self, lr: float = 1e-3, max_steps: int = 10, method: Method = "rmsprop", momentum: float = 0.9,
-        beta: float = 0.5, eps: float = 1e-6, learn_lr: bool = False, learn_beta: bool | None = None,
-        lr_bounds: tuple[float, float] = (1e-5, 1.0), max_update_norm: float | None = None,
+        beta: float = 0.5, eps: float = 1e-6, learn_lr: bool = True, learn_beta: bool | None = None,
+        lr_bounds: tuple[float, float] = (1e-7, 10.0), max_update_norm: float | None = None,
         editable_parameters: Sequence[str] | None = None,
     ) -> None:
         super().__init__()

@@ -142,7 +142,7 @@ def test_authors_defaults_and_inner_block():
 
     editor = GradientEditor()
     assert editor.method == "rmsprop" and editor.max_steps == 10 and editor.eps == 1e-6
-    assert float(editor.lr) == pytest.approx(1e-3) and not editor.learn_lr
+    assert float(editor.lr) == pytest.approx(1e-3) and editor.learn_lr and editor.lr_bounds == (1e-7, 10.0)
     assert editor.beta_logit.requires_grad and float(editor.beta) == pytest.approx(0.5)
     assert not GradientEditor(method="sgd").beta_logit.requires_grad
     assert default_editable_parameters(resnet20(in_channels=1)) == ["layer3.*"]
