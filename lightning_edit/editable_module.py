@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,9 @@ class EditableModule(ClassifierModule):
     Each step edits ``edits_per_step`` random images of the training batch to uniformly random labels (a
     label that already holds costs no step), applies the editor *differentiably* (``torch.func.functional_call``
     on updated tensors, the module is never mutated) in eval mode, and back-propagates through its steps.
-    The editor's β (and lr, if ``learn_lr``) is trained with the model.
+    The editor's β (and lr, if ``learn_lr``) is trained with the model. The locality KL compares the edited
+    model (eval mode) with the training forward's own predictions, detached, as the authors' code does (no
+    extra forward per step).
 
     Defaults are the authors' protocol (github xtinkt/editable, CIFAR-10): RMSProp editor, lr 1e-3, learned
     β = 0.5, k = 10; one inner block edited (:func:`~lightning_edit.editable.default_editable_parameters`:
@@ -45,6 +47,9 @@ class EditableModule(ClassifierModule):
         train_edit_steps: editor steps during training (default: the editor's ``max_steps``). They run without
             early stopping, each gated by "edit not yet satisfied": the same update, no host sync.
         max_grad_norm: outer gradient-norm clip when the Trainer sets none (None: no clip).
+        locality_reference: the unedited predictions the locality KL compares with: ``"train"``, the training
+            forward's own logits (the authors' code; no extra forward, but train-mode BatchNorm against the
+            eval-mode edited model); ``"eval"``, one extra no-grad forward in eval mode (like against like).
         val_edits: edits evaluated each validation epoch (0 disables).
         val_drawdown_batches: validation batches on which drawdown is measured.
         seed: seed of the validation edit targets.
@@ -71,6 +76,7 @@ class EditableModule(ClassifierModule):
         edits_per_step: int = 1,
         train_edit_steps: int | None = None,
         max_grad_norm: float | None = 10.0,
+        locality_reference: Literal["train", "eval"] = "train",
         val_edits: int = 16,
         val_drawdown_batches: int = 4,
         seed: int = 0,
@@ -80,6 +86,9 @@ class EditableModule(ClassifierModule):
             raise ValueError(
                 f"Need edit_coef, locality_coef >= 0 and edits_per_step >= 1, got {edit_coef}, {locality_coef}, {edits_per_step}."
             )
+        if locality_reference not in ("train", "eval"):
+            raise ValueError(f"locality_reference must be 'train' or 'eval', got {locality_reference!r}.")
+        self.locality_reference = locality_reference
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}.")
         self.editor = editor if editor is not None else GradientEditor()
@@ -105,7 +114,7 @@ class EditableModule(ClassifierModule):
         self.train_acc(logits, y)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         if self.edit_coef > 0 or self.locality_coef > 0:
-            edit_term, locality_term = self.edit_losses(x, logits)
+            edit_term, locality_term = self.edit_losses(x, logits if self.locality_reference == "train" else None)
             loss = loss + self.edit_coef * edit_term + self.locality_coef * locality_term
             self.log_dict({"train_edit_loss": edit_term, "train_locality_loss": locality_term,
                            "editor_lr": self.editor.lr, "editor_beta": self.editor.beta})
@@ -123,8 +132,8 @@ class EditableModule(ClassifierModule):
         Args:
             x: ``(B, ...)`` training batch; the edit inputs are drawn from it.
             reference_logits: ``(B, K)`` the unedited model's logits on ``x`` (detached here). The training step
-                passes its own forward, as the authors' code does (no extra forward; train-mode BatchNorm while
-                the edited model runs in eval mode). None: one no-grad forward in the current mode.
+                passes its own forward with ``locality_reference="train"``, as the authors' code does. None: one
+                no-grad forward in eval mode.
 
         Returns:
             ``(mean edit loss left after the editor (nats), KL(original ‖ edited) on x (nats))``.
@@ -141,11 +150,11 @@ class EditableModule(ClassifierModule):
                 create_graph=True, early_stop=False, max_steps=self.train_edit_steps,
             )
             after = torch.log_softmax(functional_call(self.model, edited, (x,)), -1)
+            if reference_logits is None:
+                with torch.no_grad():
+                    reference_logits = self.model(x)
         finally:
             self.model.train(was_training)
-        if reference_logits is None:
-            with torch.no_grad():
-                reference_logits = self(x)
         original = torch.log_softmax(reference_logits.detach().float(), -1)
         locality = F.kl_div(after.float(), original, log_target=True, reduction="batchmean")
         return remaining.mean(), locality

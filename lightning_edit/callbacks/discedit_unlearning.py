@@ -12,7 +12,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -37,6 +37,9 @@ from lightning_edit.discedit.scores import get_witness
 from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
+    default_unlearning_layers,
+    mask_until_forgotten,
+    resolve_masking,
     forget_retain_accuracy,
     mask_components,
     select_components,
@@ -71,7 +74,11 @@ class DiscEditUnlearning(Callback):
 
     Args:
         forget_classes: class indices to forget.
-        ratio: fraction of components to mask, in (0, 1), per layer (``scope="layer"``) or overall (``"global"``).
+        ratio: ``"auto"``: mask the fewest components (1% grid, at most ``max_ratio``, default 0.5) that bring the
+            forget classes' accuracy on the calibration batches to at most ``forget_target`` (default 0.05;
+            :func:`~lightning_edit.discedit.mask_until_forgotten`); a number in (0, 1): that fixed fraction, per
+            layer (``scope="layer"``) or overall (``"global"``).
+        forget_target, max_ratio: of ``ratio="auto"`` (an error with a fixed ratio or ``std_threshold``).
         std_threshold: instead of ``ratio``, mask ``r_j > mean + k·std`` per layer (the authors' rule, k in 1.25..2.5).
         unlearn_epoch: act at the end of this (0-based) training epoch, before its validation; ``"start"``: before
             the first training batch of this fit (needs ``finetune_epochs >= 1``); None: at the end of fit (no
@@ -80,8 +87,9 @@ class DiscEditUnlearning(Callback):
         witness: witness name (:data:`lightning_edit.discedit.WITNESS_FUNCTIONS`).
         importance: ``"discedit"``, or a baseline masking as many components: ``"l1"``, ``"random"``;
             ``"none"`` masks nothing (the fine-tune-on-the-retain-set-only baseline).
-        layers: ``fnmatch`` patterns of layers to edit (default every Conv2d/Linear except the classifier;
-            the paper edits the last stage / last blocks).
+        layers: ``fnmatch`` patterns of layers to edit; ``"auto"`` (default): the last third of the Conv2d/Linear
+            layers (:func:`~lightning_edit.discedit.default_unlearning_layers`; the paper edits the last stage / last
+            blocks); None: every Conv2d/Linear except the classifier.
         scope: see ``ratio``.
         calibration_batches, calibration_source: which batches give the moments (must contain the forget classes).
         recalibrate_bn: after masking, reset and re-estimate every BatchNorm's running statistics on
@@ -93,7 +101,8 @@ class DiscEditUnlearning(Callback):
         seed: seed of the random baseline.
 
     Raises:
-        ValueError: at construction for an empty class list, a ratio outside (0, 1), fine-tuning without an
+        ValueError: at construction for an empty class list, a ratio neither ``"auto"`` nor in (0, 1),
+            ``forget_target``/``max_ratio`` with a fixed ratio or ``std_threshold``, fine-tuning without an
             ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance; at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
             ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
@@ -111,13 +120,13 @@ class DiscEditUnlearning(Callback):
     def __init__(
         self,
         forget_classes: list[int],
-        ratio: float | None = 0.1,
+        ratio: float | Literal["auto"] = "auto",
         std_threshold: float | None = None,
         unlearn_epoch: EpochSpec = None,
         finetune_epochs: int = 0,
         witness: str = "fisher",
         importance: Literal["discedit", "l1", "random", "none"] = "discedit",
-        layers: list[str] | None = None,
+        layers: list[str] | Literal["auto"] | None = "auto",
         scope: Literal["layer", "global"] = "layer",
         calibration_batches: int | None = 16,
         calibration_source: Literal["train", "val"] = "train",
@@ -126,11 +135,12 @@ class DiscEditUnlearning(Callback):
         inputs_targets: InputsTargets | None = None,
         plot: bool = True,
         seed: int = 0,
+        forget_target: float | None = None,
+        max_ratio: float | None = None,
     ) -> None:
         if not forget_classes:
             raise ValueError("forget_classes is empty; name at least one class index to forget.")
-        if std_threshold is None and (ratio is None or not 0.0 < ratio < 1.0):
-            raise ValueError(f"masking ratio must be in (0, 1), got {ratio}.")
+        self.fixed_ratio, self.forget_target, self.max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
         check_edit_epoch(unlearn_epoch, "unlearn_epoch", allow_none=True)
         if finetune_epochs < 0 or (finetune_epochs > 0 and unlearn_epoch is None):
             raise ValueError("finetune_epochs > 0 needs an unlearn_epoch (fine-tuning happens in the following epochs).")
@@ -146,6 +156,7 @@ class DiscEditUnlearning(Callback):
         get_witness(witness)
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
+        self.report_search: dict[str, Any] = {}
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs
         self.witness, self.importance, self.layer_patterns = witness, importance, layers
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
@@ -157,6 +168,9 @@ class DiscEditUnlearning(Callback):
         self.report: dict[str, Any] = {}
         self.done_epoch: int | None = None
         self._forget: Tensor | None = None
+
+    def _layer_patterns(self, pl_module: L.LightningModule) -> list[str] | None:
+        return default_unlearning_layers(pl_module) if self.layer_patterns == "auto" else self.layer_patterns
 
     @property
     def state_key(self) -> str:
@@ -176,7 +190,7 @@ class DiscEditUnlearning(Callback):
                 trainer, self.unlearn_epoch + self.finetune_epochs,
                 f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch}, finetune_epochs={self.finetune_epochs})",
             )
-        prunable_layers(pl_module, self.layer_patterns)
+        prunable_layers(pl_module, self._layer_patterns(pl_module))
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
         )
@@ -235,20 +249,34 @@ class DiscEditUnlearning(Callback):
         """Score and mask now; returns the report (also kept in ``self.report``)."""
         device = pl_module.device
         before = self._per_class(trainer, pl_module)
-        layers = prunable_layers(pl_module, self.layer_patterns)
+        layers = prunable_layers(pl_module, self._layer_patterns(pl_module))
         masked = total = 0
         picked: dict[str, Tensor] = {}
         if self.importance != "none":
-            batches = device_batches(
+            batches = list(device_batches(
                 stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device, self.calibration_batches
-            )
+            ))
+            reduce_sum = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
             scores = unlearning_component_scores(
                 pl_module, layers, self.forget_classes, self.importance, batches, self.num_classes, self.witness,
-                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
-                generator=torch.Generator().manual_seed(self.seed),
+                reduce_sum=reduce_sum, generator=torch.Generator().manual_seed(self.seed),
             )
-            picked = select_components(scores, self.ratio, self.scope, self.std_threshold)
             example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+            if self.forget_target is not None:
+                picked, ratio, calib_acc = mask_until_forgotten(
+                    pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,
+                    self.max_ratio, self.scope, reduce_sum)
+                self.report_search = {"ratio": ratio, "calibration_forget_acc": calib_acc}
+                if calib_acc > self.forget_target:
+                    rank_zero_warn(f"DiscEditUnlearning: masking max_ratio={self.max_ratio} of the components leaves the "
+                                   f"forget classes at accuracy {calib_acc:.3f} on the calibration data, above "
+                                   f"forget_target={self.forget_target}; raise max_ratio or edit more layers.")
+                else:
+                    rank_zero_info(f"DiscEditUnlearning: ratio {ratio:.2f} brings the calibration forget accuracy to "
+                                   f"{calib_acc:.3f} (target {self.forget_target}).")
+            else:
+                picked = select_components(scores, self.fixed_ratio, self.scope, self.std_threshold)
+                self.report_search = {"ratio": self.fixed_ratio}
             masked = mask_components(pl_module, layers, picked, example)
             if self.recalibrate_bn:
                 batches = device_batches(stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device,
@@ -264,6 +292,7 @@ class DiscEditUnlearning(Callback):
             "epoch": trainer.current_epoch,
             "masked": {n: i.tolist() for n, i in picked.items()},
             "fraction_masked": masked / max(1, total),
+            **self.report_search,
             "per_class_before": before.tolist() if before is not None else None,
         }
         # torch.nn.utils.prune re-registers each masked Parameter as `<name>_orig` (the same tensor object), so

@@ -50,8 +50,10 @@ from lightning_edit.discedit.unlearn import (
     UnlearnReport,
     check_forget_classes,
     component_parameters,
+    default_unlearning_layers,
     forget_retain_accuracy,
     mask_components,
+    mask_until_forgotten,
     select_components,
     unlearn,
     unlearning_component_scores,
@@ -66,7 +68,7 @@ from lightning_edit.discedit.witness import (
 
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
-    "select_components", "unlearn", "unlearning_component_scores",
+    "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten",
     "IMPORTANCES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",

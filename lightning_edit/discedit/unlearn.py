@@ -11,7 +11,6 @@ the state dict.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +120,134 @@ def mask_components(
     return masked
 
 
+def default_unlearning_layers(model: nn.Module) -> list[str]:
+    """The last third (rounded up) of the Conv2d/Linear layers, classifier excluded, in registration order.
+
+    The paper edits the last stage / last blocks (Murti & Bhattacharyya 2024, Sec. 5). On a residual network
+    masking early layers removes channels of the residual stream that every later class needs: on ResNet-20
+    (option B, digits) masking 20% of every layer left remaining accuracy at 0.33. Examples: ResNet-20 ->
+    the 7 convolutions of ``layer3``; VGG-11 -> its last 3 convolutions.
+    """
+    names = list(prunable_layers(model))
+    return names[len(names) - math.ceil(len(names) / 3):]
+
+
+def _output_module(model: nn.Module, layer: nn.Module, example_input: Tensor) -> nn.Module:
+    """The module whose output is zero when the layer's components are masked: the BatchNorm it feeds, or itself."""
+    for module, _ in component_parameters(model, layer, example_input):
+        if isinstance(module, _BatchNorm):
+            return module
+    return layer
+
+
+@torch.no_grad()
+def mask_until_forgotten(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    scores: Mapping[str, Tensor],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    forget_classes: Sequence[int],
+    example_input: Tensor,
+    forget_target: float = 0.05,
+    max_ratio: float = 0.5,
+    scope: Literal["layer", "global"] = "layer",
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[dict[str, Tensor], float, float]:
+    """The smallest masking ratio (on a 1% grid) at which the forget classes' accuracy on ``batches`` is ≤ ``forget_target``.
+
+    The issue the paper leaves open is *how many* components to mask: a fixed ratio is too little for one class
+    and wrecks the rest for another. The ranking is the scores' (highest first, per layer or global); the
+    ratio is found by bisection, assuming the forget accuracy falls as more is masked (true of nested masks in
+    practice, not guaranteed). Candidate masks are simulated by zeroing the masked channels at the output of
+    the BatchNorm each layer feeds (the same function as the weight masks), so nothing is modified here.
+
+    Args:
+        model: the classifier; evaluated in eval mode, not modified.
+        layers, scores: layer name -> module / ``(C,)`` scores (high = mask first).
+        batches: ``(x, y)`` calibration batches on the model's device, containing the forget classes.
+        forget_classes: classes to forget. example_input: ``(1, ...)`` input to trace the model.
+        forget_target: forget-class accuracy to reach, in [0, 1).
+        max_ratio: the most that may be masked, in (0, 1).
+        scope: ratio per layer or over all layers (:func:`select_components`).
+        reduce_sum: sums counts across DDP ranks, so every rank picks the same ratio.
+
+    Returns:
+        ``(layer name -> indices to mask, ratio, forget accuracy at that ratio)``; if ``max_ratio`` does not reach
+        the target, the masks at ``max_ratio`` (the caller reports the miss).
+    """
+    outputs = {name: _output_module(model, layer, example_input) for name, layer in layers.items()}
+    forget = torch.tensor(list(forget_classes))
+    grid = [i / 100 for i in range(1, int(round(max_ratio * 100)) + 1)] or [max_ratio]
+    cache: dict[int, float] = {}
+
+    def forget_accuracy(i: int) -> float:
+        if i in cache:
+            return cache[i]
+        picked = select_components(scores, grid[i], scope)
+        handles = []
+        for name, idx in picked.items():
+            def hook(module, args, out, idx=idx):
+                out = out.clone()
+                out[:, idx.to(out.device)] = 0
+                return out
+            handles.append(outputs[name].register_forward_hook(hook))
+        was_training = model.training
+        model.eval()
+        try:
+            right = total = None
+            for x, y in batches:
+                mask = torch.isin(y, forget.to(y.device))
+                hit = ((model(x).argmax(-1) == y) & mask).sum()
+                right, total = (hit, mask.sum()) if right is None else (right + hit, total + mask.sum())
+            counts = torch.stack([right, total]).double()
+            if reduce_sum is not None:
+                counts = reduce_sum(counts)
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        cache[i] = float(counts[0] / counts[1].clamp_min(1))
+        return cache[i]
+
+    lo, hi = 0, len(grid) - 1
+    if forget_accuracy(hi) > forget_target:
+        return select_components(scores, grid[hi], scope), grid[hi], cache[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if forget_accuracy(mid) <= forget_target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return select_components(scores, grid[lo], scope), grid[lo], forget_accuracy(lo)
+
+
+def resolve_masking(
+    ratio: float | str | None, std_threshold: float | None, forget_target: float | None, max_ratio: float | None,
+) -> tuple[float | None, float | None, float | None]:
+    """Check the masking arguments; returns ``(fixed ratio or None, forget_target, max_ratio)`` (auto when ratio is None).
+
+    Raises:
+        ValueError: a ratio that is neither ``"auto"`` nor in (0, 1); ``forget_target``/``max_ratio`` given with a
+            fixed ratio or ``std_threshold`` (they would do nothing); a target outside [0, 1) or a max ratio
+            outside (0, 1).
+    """
+    auto = ratio == "auto" and std_threshold is None
+    if not auto and (forget_target is not None or max_ratio is not None):
+        raise ValueError("forget_target and max_ratio only apply to ratio='auto' (without std_threshold); "
+                         f"got ratio={ratio!r}, std_threshold={std_threshold}. Drop them or set ratio='auto'.")
+    if std_threshold is not None:
+        return None, None, None
+    if not auto:
+        if isinstance(ratio, str) or ratio is None or not 0.0 < ratio < 1.0:
+            raise ValueError(f"masking ratio must be 'auto' or in (0, 1), got {ratio!r}.")
+        return float(ratio), None, None
+    forget_target = 0.05 if forget_target is None else forget_target
+    max_ratio = 0.5 if max_ratio is None else max_ratio
+    if not 0.0 <= forget_target < 1.0 or not 0.0 < max_ratio < 1.0:
+        raise ValueError(f"Need 0 <= forget_target < 1 and 0 < max_ratio < 1, got {forget_target}, {max_ratio}.")
+    return None, forget_target, max_ratio
+
+
 @dataclass
 class UnlearnReport:
     """What :func:`unlearn` did.
@@ -131,6 +258,8 @@ class UnlearnReport:
         scores: layer name -> ``(C,)`` scores used.
         masked_weights: number of conv/linear weights zeroed.
         total_weights: number of conv/linear weights in the scored layers.
+        ratio: the masking ratio used (found by the search with ``ratio="auto"``; None with ``std_threshold``).
+        calibration_forget_accuracy: forget-class accuracy on the calibration data at that ratio (``"auto"`` only).
     """
 
     forget_classes: list[int]
@@ -138,6 +267,8 @@ class UnlearnReport:
     scores: dict[str, Tensor] = field(default_factory=dict)
     masked_weights: int = 0
     total_weights: int = 0
+    ratio: float | None = None
+    calibration_forget_accuracy: float | None = None
 
     @property
     def fraction_masked(self) -> float:
@@ -185,15 +316,17 @@ def unlearn(
     batches: Iterable[tuple[Tensor, Tensor]],
     forget_classes: Sequence[int],
     num_classes: int | None = None,
-    ratio: float | None = 0.1,
+    ratio: float | Literal["auto"] = "auto",
     witness: str = "fisher",
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | Literal["auto"] | None = "auto",
     scope: Literal["layer", "global"] = "layer",
     std_threshold: float | None = None,
     importance: Literal["discedit", "l1", "random"] = "discedit",
     inplace: bool = False,
     seed: int = 0,
     recalibration_batches: Iterable[Any] | None = None,
+    forget_target: float | None = None,
+    max_ratio: float | None = None,
 ) -> tuple[nn.Module, UnlearnReport]:
     """Make ``model`` forget ``forget_classes`` without a Trainer (DISCEDIT-U, no fine-tuning).
 
@@ -203,9 +336,13 @@ def unlearn(
             the forget classes and others.
         forget_classes: class indices to forget.
         num_classes: K (default: the model's output width).
-        ratio, scope, std_threshold: see :func:`select_components`.
+        ratio: ``"auto"``: the smallest ratio (1% grid, at most ``max_ratio``, default 0.5) at which the forget
+            classes' accuracy on the calibration data is at most ``forget_target`` (default 0.05;
+            :func:`mask_until_forgotten`); a number in (0, 1): that fixed fraction (:func:`select_components`).
+        scope, std_threshold: see :func:`select_components`.
         witness: witness name (see :data:`lightning_edit.discedit.WITNESS_FUNCTIONS`).
-        layers: ``fnmatch`` patterns of layers to edit (default every Conv2d/Linear except the classifier).
+        layers: ``fnmatch`` patterns of layers to edit; ``"auto"``: the last third of the layers
+            (:func:`default_unlearning_layers`); None: every Conv2d/Linear except the classifier.
         importance: ``"discedit"`` or a baseline (``"l1"``, ``"random"``) masking the same number of components.
         inplace: edit ``model`` itself; by default a deep copy is edited and ``model`` is untouched.
         seed: seed of the random baseline.
@@ -217,8 +354,10 @@ def unlearn(
 
     Raises:
         ValueError: for forget classes outside the outputs or covering all of them, a forget class absent
-            from ``batches``, a ratio outside (0, 1), or no layer matching ``layers``.
+            from ``batches``, a ratio that is neither ``"auto"`` nor in (0, 1), ``forget_target``/``max_ratio``
+            with a fixed ratio, or no layer matching ``layers``.
     """
+    fixed_ratio, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
@@ -232,19 +371,24 @@ def unlearn(
             num_classes = edited(example).shape[-1]
         edited.train(was_training)
     classes = check_forget_classes(forget_classes, num_classes)
-    if std_threshold is None and (ratio is None or not 0.0 < ratio < 1.0):
-        raise ValueError(f"masking ratio must be in (0, 1), got {ratio}.")
-    chosen = prunable_layers(edited, layers)
+    chosen = prunable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers)
+    calibration = [first, *batches]
     scores = unlearning_component_scores(
-        edited, chosen, classes, importance, itertools.chain([first], batches), num_classes, witness,
+        edited, chosen, classes, importance, calibration, num_classes, witness,
         generator=torch.Generator().manual_seed(seed),
     )
-    picked = select_components(scores, ratio, scope, std_threshold)
+    calibration_forget_accuracy = None
+    if forget_target is not None:
+        picked, fixed_ratio, calibration_forget_accuracy = mask_until_forgotten(
+            edited, chosen, scores, calibration, classes, example, forget_target, max_ratio, scope)
+    else:
+        picked = select_components(scores, fixed_ratio, scope, std_threshold)
     masked = mask_components(edited, chosen, picked, example)
     if recalibration_batches is not None:
         recalibrate_batchnorm(edited, recalibration_batches)
     total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in chosen.values())
-    report = UnlearnReport(classes, {n: i.tolist() for n, i in picked.items()}, scores, masked, total)
+    report = UnlearnReport(classes, {n: i.tolist() for n, i in picked.items()}, scores, masked, total, fixed_ratio,
+                           calibration_forget_accuracy)
     return edited, report
 
 

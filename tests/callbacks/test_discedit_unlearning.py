@@ -78,8 +78,8 @@ def test_at_fit_end_and_retain_only_baseline(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"forget_classes": []}, "empty"),
-    ({"forget_classes": [1], "ratio": 0.0}, r"ratio must be in \(0, 1\)"),
-    ({"forget_classes": [1], "ratio": 1.5}, r"ratio must be in \(0, 1\)"),
+    ({"forget_classes": [1], "ratio": 0.0}, r"ratio must be 'auto' or in \(0, 1\)"),
+    ({"forget_classes": [1], "ratio": 1.5}, r"ratio must be 'auto' or in \(0, 1\)"),
     ({"forget_classes": [1], "finetune_epochs": 1}, "needs an unlearn_epoch"),
     ({"forget_classes": [1], "importance": "magic"}, "importance"),
 ])

@@ -85,8 +85,64 @@ def test_bad_input(trained):
         unlearn(module, calib, [10])
     with pytest.raises(ValueError, match="every class"):
         unlearn(module, calib, list(range(10)))
-    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"ratio must be 'auto' or in \(0, 1\)"):
         unlearn(module, calib, [3], ratio=1.0)
     no3 = [(x[y != 3], y[y != 3]) for x, y in calib]
     with pytest.raises(ValueError, match="no sample of forget class"):
         unlearn(module, no3, [3])
+
+
+def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained):
+    """ratio="auto": the smallest 1%-grid ratio at which the calibration forget accuracy is <= the target."""
+    from lightning_edit.discedit import default_unlearning_layers, mask_until_forgotten
+    from lightning_edit.discedit.structured import prunable_layers
+
+    module, dm, calib = trained
+    assert default_unlearning_layers(module) == ["model.hidden"]  # last third of features.0, features.4, hidden
+    edited, report = unlearn(module, calib, [3], forget_target=0.05)
+    assert list(report.masked) == ["model.hidden"] and report.ratio is not None and 0 < report.ratio <= 0.5
+
+    def calibration_forget_acc(model):
+        model.eval()
+        with torch.no_grad():
+            x, y = torch.cat([b[0] for b in calib]), torch.cat([b[1] for b in calib])
+            return float((model(x).argmax(-1) == y)[y == 3].float().mean())
+
+    assert calibration_forget_acc(edited) <= 0.05
+    assert report.calibration_forget_accuracy == pytest.approx(calibration_forget_acc(edited))  # simulation == masks
+    if report.ratio > 0.01:  # one grid step less does not reach the target
+        fewer, _ = unlearn(module, calib, [3], ratio=round(report.ratio - 0.01, 2))
+        assert calibration_forget_acc(fewer) > 0.05
+    f1, r1 = accuracy(edited, dm, [3])
+    f0, r0 = accuracy(module, dm, [3])
+    assert f0 - f1 > 0.85 and r0 - r1 < 0.25, (f0, f1, r0, r1)  # measured: FA 0.95, RA 0.15 (hidden layer only)
+    # a target that max_ratio cannot reach returns the masks at max_ratio
+    layers = prunable_layers(module, ["model.hidden"])
+    picked, ratio, acc = mask_until_forgotten(module, layers, report.scores, calib, [3], calib[0][0][:1],
+                                              forget_target=0.0, max_ratio=0.02)
+    assert ratio == 0.02 and acc > 0.0 and len(picked["model.hidden"]) == round(0.02 * 64)
+
+
+def test_auto_layers_on_a_residual_network():
+    from lightning_edit.discedit import default_unlearning_layers
+    from lightning_edit.models import resnet20
+
+    layers = default_unlearning_layers(resnet20(in_channels=1))
+    assert len(layers) == 7 and all(n.startswith("layer3.") for n in layers)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 0.2, "forget_target": 0.1}, "only apply to ratio='auto'"),
+    ({"std_threshold": 1.5, "max_ratio": 0.3}, "only apply to ratio='auto'"),
+    ({"forget_target": 1.0}, "forget_target < 1"),
+    ({"max_ratio": 1.0}, "max_ratio < 1"),
+    ({"ratio": "half"}, "'auto' or in \\(0, 1\\)"),
+])
+def test_masking_arguments_that_cannot_take_effect_are_errors(trained, kwargs, match):
+    from lightning_edit.callbacks import DiscEditUnlearning
+
+    module, _, calib = trained
+    with pytest.raises(ValueError, match=match):
+        unlearn(module, calib, [3], **kwargs)
+    with pytest.raises(ValueError, match=match):
+        DiscEditUnlearning([3], **kwargs)
