@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--locality-reference", choices=["train", "eval"], default="train")
     ap.add_argument("--fixed-editor-lr", action="store_true", help="keep the editor lr at 1e-3 (the authors' CIFAR value)")
+    ap.add_argument("--skip-finetune", action="store_true", help="leave out the Adam fine-tune arm (ablations)")
     ap.add_argument("--out", default="benchmarks/results/editable_fashion_mnist")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -90,7 +91,8 @@ def main() -> None:
             edit_y = torch.randint(0, 10, (args.edits,), generator=torch.Generator().manual_seed(seed))
             run = {"arch": arch, "seed": seed, "editable_parameters": block, "editor_beta": float(editor.beta),
                    "editor_lr": float(editor.lr), "s_per_epoch_normal": t_normal, "s_per_epoch_editable": t_editable}
-            for arm, model, ed in zip(ARMS, (normal.model, editable.model, normal.model), (editor, editor, finetune)):
+            arms = ARMS[:2] if args.skip_finetune else ARMS
+            for arm, model, ed in zip(arms, (normal.model, editable.model, normal.model), (editor, editor, finetune)):
                 with torch.enable_grad():
                     m = evaluate_edits(model.eval(), ed, edit_x, edit_y, test, block, progress=True)
                 run[arm] = {"test_error": m.base_error, "success_rate": m.success_rate, "mean_steps": m.mean_steps,
@@ -112,7 +114,7 @@ def write(results: dict, out: Path) -> None:
     for arch in dict.fromkeys(r["arch"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["arch"] == arch]
         summary[arch] = {}
-        for arm in ARMS:
+        for arm in [a for a in ARMS if a in runs[0]]:
             cell = {k: mean_std([r[arm][k] for r in runs]) for k in runs[0][arm]}
             summary[arch][arm] = cell
             lines.append(

@@ -1,5 +1,6 @@
 """Benchmark 1: DISCEDIT scoring cost (moment collection + TV bounds) over K calibration batches,
-divided by one plain inference pass over the same K batches. Target: at most 1.5.
+divided by one plain inference pass over the same K batches, for every witness and both feature sites
+(conv output, or after BatchNorm + ReLU). Target: at most 1.5. Writes ``results.json`` to ``--out``.
 
     python benchmarks/scoring_overhead.py [--batches 16] [--device cpu|cuda]
 """
@@ -7,6 +8,8 @@ divided by one plain inference pass over the same K batches. Target: at most 1.5
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from _common import best_time, datamodule, vgg
@@ -19,9 +22,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/results/scoring_overhead")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
     dm, side = datamodule(batch_size=128)
     dm.setup()
     loader = dm.train_dataloader()
@@ -36,10 +42,18 @@ def main() -> None:
 
     print(f"device: {device}, batches: {len(batches)} x {batches[0][0].shape[0]}, layers scored: {len(layers)}")
     base = best_time(inference, device=device)
-    print(f"{'witness':<14} {'scoring/inference':>18}")
-    for witness in ("fisher", "fisher_linear", "robust_fisher", "mpm", "exp_norm"):
-        t = best_time(lambda: channel_scores(model, layers, "discedit", batches, 10, witness), device=device)
-        print(f"{witness:<14} {t / base:>18.2f}")
+    print(f"{'witness':<14} {'site':<11} {'scoring/inference':>18}")
+    ratios: dict = {}
+    example = batches[0][0][:1]
+    for site in ("conv", "activation"):
+        for witness in ("fisher", "fisher_linear", "robust_fisher", "mpm", "exp_norm"):
+            t = best_time(lambda: channel_scores(model, layers, "discedit", batches, 10, witness, site=site,
+                                                 example_input=example), device=device)
+            ratios[f"{witness}/{site}"] = t / base
+            print(f"{witness:<14} {site:<11} {t / base:>18.2f}", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"settings": vars(args), "inference_s": base, "ratio": ratios}, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ class DiscEditUnlearning(Callback):
     ``finetune_epochs`` and training stops. ``unlearn_epoch=None`` edits at the end of fit, after the last
     checkpoint: the edited model is in memory only (use ``"start"`` to get it checkpointed).
 
-    Logged (``unlearn/...``): ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``,
-    ``retain_acc_after``, ``FA`` (drop of forget-class accuracy, points of accuracy in [0, 1]),
+    Logged (``unlearn/...``): ``ratio`` (fixed or found), ``calibration_forget_acc`` (``ratio="auto"``),
+    ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``, ``retain_acc_after``, ``FA`` (drop of forget-class accuracy, points of accuracy in [0, 1]),
     ``RA`` (drop of remaining-class accuracy), ``fraction_masked``; after fine-tuning the same with
     ``_ft``. Accuracies are macro averages of torchmetrics per-class accuracy on the validation loader.
     At the end: a rich table and ``discedit_unlearning.png`` (per-class accuracy before/after).
@@ -312,6 +312,10 @@ class DiscEditUnlearning(Callback):
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str, in_loop: bool) -> None:
         after = self._per_class(trainer, pl_module)
         metrics = {"unlearn/fraction_masked": float(self.report["fraction_masked"])}
+        if self.report.get("ratio") is not None:
+            metrics["unlearn/ratio"] = float(self.report["ratio"])
+        if self.report.get("calibration_forget_acc") is not None:
+            metrics["unlearn/calibration_forget_acc"] = float(self.report["calibration_forget_acc"])
         self.report[f"per_class_after{suffix}"] = after.tolist() if after is not None else None
         if after is not None and self.report["per_class_before"] is not None:
             f0, r0 = forget_retain_accuracy(torch.tensor(self.report["per_class_before"]), self.forget_classes)

@@ -45,3 +45,27 @@ def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path, fresh_ddp_e
     ddp = run(tmp_path / "ddp", "ddp_spawn", 2)
     assert len(single) == 3
     assert [[n, o, sorted(i)] for n, o, i in ddp] == [[n, o, sorted(i)] for n, o, i in single]
+
+
+def run_unlearning(tmp_path, strategy: str, devices: int) -> dict:
+    from lightning_edit.callbacks import DiscEditUnlearning
+
+    module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    cb = DiscEditUnlearning([3], unlearn_epoch=0, calibration_batches=None, calibration_source="val", plot=False,
+                            evaluate=False, forget_target=0.05)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=2, callbacks=[cb],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=45))
+    metrics = trainer.callback_metrics  # ddp_spawn returns rank 0's metrics, not the callback's attributes
+    return {k: round(float(metrics[f"unlearn/{k}"]), 6) for k in ("ratio", "calibration_forget_acc", "fraction_masked")}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_spawn_unlearning_search_picks_the_same_ratio_and_masks(tmp_path, fresh_ddp_env):
+    """ratio='auto' sums the forget-class counts across ranks, so both ranks and one process agree."""
+    single = run_unlearning(tmp_path / "single", "auto", 1)
+    ddp = run_unlearning(tmp_path / "ddp", "ddp_spawn", 2)
+    assert ddp == single and 0 < single["ratio"] <= 0.5 and single["calibration_forget_acc"] <= 0.05
