@@ -108,7 +108,7 @@ def test_forget_class_missing_from_calibration_leaves_model_unchanged(tmp_path):
 
 def _ddp_masks(tmp_path, strategy, devices):
     m = ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
-    cb = DiscEditUnlearning([3], ratio=0.25, unlearn_epoch=0, calibration_batches=None, calibration_source="val",
+    cb = DiscEditUnlearning([3], ratio=0.25, layers=None, unlearn_epoch=0, calibration_batches=None, calibration_source="val",
                             plot=False, evaluate=False)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=1,
                         callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,

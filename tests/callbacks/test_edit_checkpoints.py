@@ -103,7 +103,7 @@ def test_step_bounded_run_is_not_checked_against_epochs(tmp_path):
 
 @pytest.mark.parametrize("make", [
     lambda: DiscEditPruning(sparsity=0.5, prune_epoch="start", plot=False),
-    lambda: DiscEditUnlearning([3], ratio=0.2, unlearn_epoch="start", finetune_epochs=1, plot=False),
+    lambda: DiscEditUnlearning([3], ratio=0.2, layers=None, unlearn_epoch="start", finetune_epochs=1, plot=False),
 ], ids=["prune", "unlearn"])
 def test_non_finite_statistics_are_an_error_naming_the_layer(tmp_path, make):
     m = module()
