@@ -50,6 +50,8 @@ class EditableModule(ClassifierModule):
         locality_reference: the unedited predictions the locality KL compares with: ``"train"``, the training
             forward's own logits (the authors' code; no extra forward, but train-mode BatchNorm against the
             eval-mode edited model); ``"eval"``, one extra no-grad forward in eval mode (like against like).
+            Measured (ResNet-20, Fashion-MNIST, 3 epochs): ``"eval"`` with a learned editor lr collapsed the model to
+            89% test error; ``"train"`` did not.
         val_edits: edits evaluated each validation epoch (0 disables).
         val_drawdown_batches: validation batches on which drawdown is measured.
         seed: seed of the validation edit targets.
