@@ -94,7 +94,7 @@ def main() -> None:
             arms = ARMS[:2] if args.skip_finetune else ARMS
             for arm, model, ed in zip(arms, (normal.model, editable.model, normal.model), (editor, editor, finetune)):
                 with torch.enable_grad():
-                    m = evaluate_edits(model.eval(), ed, edit_x, edit_y, test, block, progress=True)
+                    m = evaluate_edits(model.eval(), ed, edit_x, edit_y, test, block if ed is editor else None, progress=True)
                 run[arm] = {"test_error": m.base_error, "success_rate": m.success_rate, "mean_steps": m.mean_steps,
                             "drawdown": m.drawdown, "drawdown_p90": m.drawdown_p90, "median_latency_s": m.median_latency_s}
                 print(f"{arch} seed {seed} {arm}: err {100 * m.base_error:.2f}% success {m.success_rate:.3f} "

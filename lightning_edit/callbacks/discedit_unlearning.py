@@ -38,10 +38,10 @@ from lightning_edit.discedit.structured import enable_edit_reload, prunable_laye
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
     default_unlearning_layers,
-    mask_until_forgotten,
-    resolve_masking,
     forget_retain_accuracy,
     mask_components,
+    mask_until_forgotten,
+    resolve_masking,
     select_components,
     unlearning_component_scores,
 )
@@ -67,9 +67,9 @@ class DiscEditUnlearning(Callback):
     checkpoint: the edited model is in memory only (use ``"start"`` to get it checkpointed).
 
     Logged (``unlearn/...``): ``ratio`` (fixed or found), ``calibration_forget_acc`` (``ratio="auto"``),
-    ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``, ``retain_acc_after``, ``FA`` (drop of forget-class accuracy, points of accuracy in [0, 1]),
-    ``RA`` (drop of remaining-class accuracy), ``fraction_masked``; after fine-tuning the same with
-    ``_ft``. Accuracies are macro averages of torchmetrics per-class accuracy on the validation loader.
+    ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``, ``retain_acc_after``, ``FA`` (drop of
+    forget-class accuracy, points of accuracy in [0, 1]), ``RA`` (drop of remaining-class accuracy),
+    ``fraction_masked``; after fine-tuning the same with ``_ft``. Accuracies are macro averages of torchmetrics per-class accuracy on the validation loader.
     At the end: a rich table and ``discedit_unlearning.png`` (per-class accuracy before/after).
 
     Args:
@@ -156,7 +156,6 @@ class DiscEditUnlearning(Callback):
         get_witness(witness)
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
-        self.report_search: dict[str, Any] = {}
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs
         self.witness, self.importance, self.layer_patterns = witness, importance, layers
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
@@ -252,6 +251,7 @@ class DiscEditUnlearning(Callback):
         layers = prunable_layers(pl_module, self._layer_patterns(pl_module))
         masked = total = 0
         picked: dict[str, Tensor] = {}
+        search: dict[str, Any] = {}
         if self.importance != "none":
             batches = list(device_batches(
                 stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device, self.calibration_batches
@@ -266,7 +266,7 @@ class DiscEditUnlearning(Callback):
                 picked, ratio, calib_acc = mask_until_forgotten(
                     pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,
                     self.max_ratio, self.scope, reduce_sum)
-                self.report_search = {"ratio": ratio, "calibration_forget_acc": calib_acc}
+                search = {"ratio": ratio, "calibration_forget_acc": calib_acc}
                 if calib_acc > self.forget_target:
                     rank_zero_warn(f"DiscEditUnlearning: masking max_ratio={self.max_ratio} of the components leaves the "
                                    f"forget classes at accuracy {calib_acc:.3f} on the calibration data, above "
@@ -276,11 +276,9 @@ class DiscEditUnlearning(Callback):
                                    f"{calib_acc:.3f} (target {self.forget_target}).")
             else:
                 picked = select_components(scores, self.fixed_ratio, self.scope, self.std_threshold)
-                self.report_search = {"ratio": self.fixed_ratio}
+                search = {"ratio": self.fixed_ratio}
             masked = mask_components(pl_module, layers, picked, example)
             if self.recalibrate_bn:
-                batches = device_batches(stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device,
-                                         self.calibration_batches)
                 count = recalibrate_batchnorm(pl_module, batches,
                                               reduce_mean=lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
                 if count == 0:
@@ -292,7 +290,7 @@ class DiscEditUnlearning(Callback):
             "epoch": trainer.current_epoch,
             "masked": {n: i.tolist() for n, i in picked.items()},
             "fraction_masked": masked / max(1, total),
-            **self.report_search,
+            **search,
             "per_class_before": before.tolist() if before is not None else None,
         }
         # torch.nn.utils.prune re-registers each masked Parameter as `<name>_orig` (the same tensor object), so

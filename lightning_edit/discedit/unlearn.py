@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
@@ -82,14 +83,17 @@ def select_components(
     return {n: torch.sort(index[top][owner[top] == i]).values for i, n in enumerate(names)}
 
 
-def component_parameters(model: nn.Module, layer: nn.Module, example_input: Tensor) -> list[tuple[nn.Module, str]]:
+def component_parameters(
+    model: nn.Module, layer: nn.Module, example_input: Tensor, dg: tp.DependencyGraph | None = None,
+) -> list[tuple[nn.Module, str]]:
     """The parameters of one layer's output components: its ``weight``/``bias`` and those of the BatchNorm it feeds.
 
     The BatchNorm is found with torch-pruning's dependency graph (the norm layer whose out-channel
     dependency has this layer as its source), so it works for Sequential, ResNet and custom forwards.
+    Pass ``dg`` (built once on ``model``) when asking for several layers.
     """
     params = [(layer, "weight")] + ([(layer, "bias")] if getattr(layer, "bias", None) is not None else [])
-    dg = build_dependency_graph(model, example_input)
+    dg = dg if dg is not None else build_dependency_graph(model, example_input)
     group = dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, [0])
     for item in group:
         target = item.dep.target.module
@@ -107,10 +111,11 @@ def mask_components(
     """
     enable_edit_reload(model)
     masked = 0
+    dg = build_dependency_graph(model, example_input) if any(len(i) for i in indices.values()) else None
     for name, idx in indices.items():
         if len(idx) == 0:
             continue
-        for module, pname in component_parameters(model, layers[name], example_input):
+        for module, pname in component_parameters(model, layers[name], example_input, dg):
             p = getattr(module, pname)
             mask = torch.ones_like(p, dtype=p.dtype)
             mask[idx.to(p.device)] = 0
@@ -132,9 +137,9 @@ def default_unlearning_layers(model: nn.Module) -> list[str]:
     return names[len(names) - math.ceil(len(names) / 3):]
 
 
-def _output_module(model: nn.Module, layer: nn.Module, example_input: Tensor) -> nn.Module:
+def _output_module(model: nn.Module, layer: nn.Module, example_input: Tensor, dg: tp.DependencyGraph) -> nn.Module:
     """The module whose output is zero when the layer's components are masked: the BatchNorm it feeds, or itself."""
-    for module, _ in component_parameters(model, layer, example_input):
+    for module, _ in component_parameters(model, layer, example_input, dg):
         if isinstance(module, _BatchNorm):
             return module
     return layer
@@ -175,7 +180,8 @@ def mask_until_forgotten(
         ``(layer name -> indices to mask, ratio, forget accuracy at that ratio)``; if ``max_ratio`` does not reach
         the target, the masks at ``max_ratio`` (the caller reports the miss).
     """
-    outputs = {name: _output_module(model, layer, example_input) for name, layer in layers.items()}
+    dg = build_dependency_graph(model, example_input)
+    outputs = {name: _output_module(model, layer, example_input, dg) for name, layer in layers.items()}
     forget = torch.tensor(list(forget_classes))
     grid = [i / 100 for i in range(1, int(round(max_ratio * 100)) + 1)] or [max_ratio]
     cache: dict[int, float] = {}
@@ -357,7 +363,7 @@ def unlearn(
             from ``batches``, a ratio that is neither ``"auto"`` nor in (0, 1), ``forget_target``/``max_ratio``
             with a fixed ratio, or no layer matching ``layers``.
     """
-    fixed_ratio, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
+    ratio_used, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
@@ -379,15 +385,15 @@ def unlearn(
     )
     calibration_forget_accuracy = None
     if forget_target is not None:
-        picked, fixed_ratio, calibration_forget_accuracy = mask_until_forgotten(
+        picked, ratio_used, calibration_forget_accuracy = mask_until_forgotten(
             edited, chosen, scores, calibration, classes, example, forget_target, max_ratio, scope)
     else:
-        picked = select_components(scores, fixed_ratio, scope, std_threshold)
+        picked = select_components(scores, ratio_used, scope, std_threshold)
     masked = mask_components(edited, chosen, picked, example)
     if recalibration_batches is not None:
         recalibrate_batchnorm(edited, recalibration_batches)
     total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in chosen.values())
-    report = UnlearnReport(classes, {n: i.tolist() for n, i in picked.items()}, scores, masked, total, fixed_ratio,
+    report = UnlearnReport(classes, {n: i.tolist() for n, i in picked.items()}, scores, masked, total, ratio_used,
                            calibration_forget_accuracy)
     return edited, report
 

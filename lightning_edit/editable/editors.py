@@ -88,7 +88,7 @@ def default_editable_parameters(model: nn.Module) -> list[str]:
         ValueError: if the model has fewer than two top-level children with parameters (name the parameters
             explicitly then).
     """
-    children = [(name, m) for name, m in model.named_children() if any(True for _ in m.parameters())]
+    children = [(name, m) for name, m in model.named_children() if next(m.parameters(), None) is not None]
     if len(children) < 2:
         raise ValueError(f"Cannot pick an inner block of {type(model).__name__}: it has {len(children)} top-level "
                          "module(s) with parameters. Pass editable_parameters=[...] patterns explicitly.")
@@ -229,7 +229,8 @@ class GradientEditor(nn.Module):
                 updates = {name: lr * self._direction(name, g.float(), state, t, beta)
                            for name, g in zip(list(params), grads) if g is not None}
                 if self.max_update_norm is not None and updates:
-                    norm = torch.sqrt(sum((u * u).sum() for u in updates.values()))
+                    # vector_norm has a zero subgradient at 0 (sqrt of a sum of squares gives NaN there)
+                    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(u) for u in updates.values()]))
                     scale = torch.clamp(self.max_update_norm / (norm + 1e-12), max=1.0)
                     updates = {name: u * scale for name, u in updates.items()}
                 gate = active.float()

@@ -82,14 +82,18 @@ def evaluate_edits(
         progress: show a progress bar (rich).
 
     Raises:
-        ValueError: if ``edit_x`` and ``edit_y`` differ in length, or ``test_batches`` is empty.
+        ValueError: if ``edit_x`` and ``edit_y`` differ in length, ``test_batches`` is empty, or ``parameters`` is
+            given for an editor other than a GradientEditor (it would be ignored).
     """
     if len(edit_x) != len(edit_y):
         raise ValueError(f"{len(edit_x)} edit inputs but {len(edit_y)} edit targets.")
     if not test_batches:
         raise ValueError("test_batches is empty; pass (x, y) batches on which to measure the test error.")
+    if parameters is not None and not isinstance(editor, GradientEditor):
+        raise ValueError(f"parameters= selects what a GradientEditor edits; {type(editor).__name__} chooses its own "
+                         "(e.g. FineTuneEditor(layers=...)). Pass parameters=None.")
     base = error_rate(model, test_batches)
-    kwargs = {"parameters": parameters} if isinstance(editor, GradientEditor) else {}
+    kwargs = {} if parameters is None else {"parameters": parameters}
     errors, steps, latencies, successes = [], [], [], 0
     indices = range(len(edit_x))
     if progress:

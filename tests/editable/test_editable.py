@@ -206,3 +206,30 @@ def test_default_gradient_clip_is_the_authors_norm_10(monkeypatch):
                         enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, DigitsDataModule(batch_size=32))
     assert seen == [(10.0, "norm")]
+
+
+def test_update_norm_clip_bounds_each_step_and_keeps_second_order_gradients_finite():
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    editor = GradientEditor(lr=10.0, max_steps=3, method="sgd", learn_lr=True, lr_bounds=(1e-3, 100.0), max_update_norm=0.05)
+    edited, result = editor.edit(model, torch.tensor([[1.0, 0.0]]), torch.tensor([1]), ["bias"])
+    assert result.steps == 3 and not result.success  # the unclipped first step (norm 14) would have succeeded
+    assert torch.linalg.vector_norm(edited.bias - model.bias) <= 3 * 0.05 + 1e-6
+    # an edit that already holds: every update is 0, the clip's norm is 0, and the outer gradient stays finite
+    params = {"bias": model.bias}
+    x, target = torch.tensor([[0.0, 1.0]]), torch.tensor([1])
+    new, _, _ = editor.run(params, lambda ps: edit_loss(torch.func.functional_call(model, ps, (x,)), target),
+                           create_graph=True, early_stop=False)
+    torch.func.functional_call(model, new, (x,)).sum().backward()
+    assert torch.isfinite(model.bias.grad).all() and torch.isfinite(editor.lr_logit.grad).all()
+
+
+def test_evaluate_edits_refuses_parameters_another_editor_would_ignore():
+    from lightning_edit.edit import FineTuneEditor
+
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="parameters=None"):
+        evaluate_edits(model, FineTuneEditor(), torch.zeros(1, 2), torch.tensor([1]), [(torch.zeros(2, 2), torch.tensor([0, 1]))],
+                       ["bias"])
