@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_edit.metanet.graph import architecture
-from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement
+from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement, fairness_differences
 
 Masks = dict[str, Tensor]
 
@@ -118,6 +118,43 @@ def fit_group_thresholds(model: nn.Module, x: Tensor, y: Tensor, s: Tensor, requ
     flat = torch.where(ok, acc, -1.0).argmax() if ok.any() else gaps.argmin()
     i, j = divmod(int(flat), grid)
     return GroupThresholdClassifier(model, torch.stack([t[i], t[j]]))
+
+
+class ThresholdClassifier(nn.Module):
+    """Post-processing for bias mitigation that, like a metanetwork edit, does not read the sensitive attribute
+    at prediction time: decide class 1 when ``P(y=1|x) > threshold``, one threshold for everyone.
+    ``forward(x)`` returns logits ``(N, 2)`` whose argmax is that decision."""
+
+    def __init__(self, model: nn.Module, threshold: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.model(x).softmax(-1)[:, 1].clamp(1e-6, 1 - 1e-6)
+        margin = torch.logit(p) - torch.logit(self.threshold.clamp(1e-6, 1 - 1e-6))
+        return torch.stack([torch.zeros_like(margin), margin], -1)
+
+
+@torch.no_grad()
+def fit_single_threshold(model: nn.Module, x: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation, level: float,
+                         grid: int = 97) -> ThresholdClassifier:
+    """One decision threshold on ``(x, y, s)`` (validation data): the most accurate one whose fairness gap
+    (``requirement.metric``) is at most ``level``, or the smallest gap if none reaches it. ``s`` is used to
+    choose the threshold, never to predict. ``grid`` thresholds evenly spaced in (0, 1)."""
+    p = model(x).softmax(-1)[:, 1]
+    t = torch.linspace(0.01, 0.99, grid, device=p.device)
+    decide = p[None, :] > t[:, None]  # (grid, N)
+    gaps = torch.stack([requirement_gap(d.float(), y, s, requirement) for d in decide])
+    acc = decide.eq(y[None, :].bool()).float().mean(1)
+    ok = gaps <= level + 1e-9
+    best = int(torch.where(ok, acc, -1.0).argmax()) if ok.any() else int(gaps.argmin())
+    return ThresholdClassifier(model, float(t[best]))
+
+
+def requirement_gap(decisions: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation) -> Tensor:
+    """The exact gap named by ``requirement.metric`` of 0/1 ``decisions (N,)``."""
+    return fairness_differences(decisions, y, s, requirement.num_groups)[requirement.level_name]
 
 
 def requirement_penalty(requirement: Requirement, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:

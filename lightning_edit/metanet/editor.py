@@ -33,6 +33,21 @@ def graph_sizes(graph: Batch) -> tuple[list[int], list[int]]:
     return edges, nodes
 
 
+def _group_by_edges(graphs: list, budget: int | None) -> list[list[int]]:
+    """Consecutive indices of ``graphs`` in groups of at most ``budget`` edges (one group when ``None``)."""
+    if budget is None:
+        return [list(range(len(graphs)))]
+    groups, current, edges = [], [], 0
+    for i, g in enumerate(graphs):
+        n = g.edge_index.shape[1]
+        if current and edges + n > budget:
+            groups.append(current)
+            current, edges = [], 0
+        current.append(i)
+        edges += n
+    return groups + [current] if current else groups
+
+
 class MetanetworkEditor(L.LightningModule):
     """Trains a :class:`GraphMetanetwork` over a population of networks (:class:`ModelZooDataModule`).
 
@@ -48,25 +63,46 @@ class MetanetworkEditor(L.LightningModule):
         lam: weight λ of the function-preservation term.
         hidden, num_layers, num_positions, max_layers: see :class:`GraphMetanetwork`.
         lr: Adam learning rate.
-        requirement_weight: weight ``w`` of the requirement term.
+        requirement_weight: weight ``w`` of the requirement term; with ``constraint="lagrangian"``, the
+            multiplier's initial value.
+        gate_conditioned: the weight changes see the requirement's mask (:class:`GraphMetanetwork`).
+        constraint: ``"penalty"`` (fixed weight ``w``) or ``"lagrangian"``, for requirements with a ``target``
+            (bias mitigation): the loss is ``λ_c · (gap - target) + λ · JSD`` with a multiplier ``λ_c ≥ 0``
+            updated by dual ascent after every step, ``λ_c ← max(0, λ_c + multiplier_lr · (gap - target))``
+            (the batch's surrogate gap). It rises while the editor misses the target and falls once it meets
+            it, so the editor is pushed exactly as hard as the target needs, where a fixed weight either leaves
+            the gap or collapses the network to a constant classifier. Logged as ``train/multiplier``.
+        multiplier_lr: the dual step size.
 
     Raises:
-        ValueError: an unknown requirement name or bad requirement arguments, a negative λ (at construction);
-            a requirement the data cannot meet, e.g. ``k`` above the number of inputs or no sensitive
-            attribute (at ``setup``).
+        ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
+            ``constraint``, ``"lagrangian"`` for a requirement without a target, a non-positive
+            ``multiplier_lr`` (at construction); a requirement the data cannot meet, e.g. ``k`` above the
+            number of inputs or no sensitive attribute (at ``setup``).
     """
 
     def __init__(self, requirement: str = "weight_pruning", requirement_args: dict[str, Any] | None = None, lam: float = 1.0,
                  hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
-                 requirement_weight: float = 10.0) -> None:
+                 requirement_weight: float = 10.0, gate_conditioned: bool = True, constraint: str = "penalty",
+                 multiplier_lr: float = 0.5) -> None:
         super().__init__()
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
         self.requirement: Requirement = make_requirement(requirement, requirement_args)
+        if constraint not in ("penalty", "lagrangian"):
+            raise ValueError(f"constraint must be 'penalty' or 'lagrangian', got {constraint!r}.")
+        if constraint == "lagrangian" and not hasattr(self.requirement, "violation"):
+            raise ValueError(f"constraint='lagrangian' needs a requirement with a target (bias_mitigation); "
+                             f"{self.requirement.name!r} is held exactly by its gates: use constraint='penalty'.")
+        if multiplier_lr <= 0:
+            raise ValueError(f"multiplier_lr must be > 0, got {multiplier_lr}.")
         self.save_hyperparameters({"requirement": self.requirement.name, "requirement_args": self.requirement.arguments(),
                                    "lam": lam, "hidden": hidden, "num_layers": num_layers, "num_positions": num_positions,
-                                   "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight})
-        self.metanet = GraphMetanetwork(1, num_positions, max_layers, hidden, num_layers)
+                                   "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight,
+                                   "gate_conditioned": gate_conditioned, "constraint": constraint,
+                                   "multiplier_lr": multiplier_lr})
+        self.metanet = GraphMetanetwork(1, num_positions, max_layers, hidden, num_layers, gate_conditioned=gate_conditioned)
+        self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
         self.num_inputs: int | None = None
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
 
@@ -82,16 +118,32 @@ class MetanetworkEditor(L.LightningModule):
         return [NetworkEdit(specs, e, n) for specs, e, n in
                 zip(graph.specs, out.edge_gate.split(edge_counts), out.node_gate.split(node_counts))]
 
-    def edited_parameters(self, graph: Batch, out: MetanetOutput, templates: list[nn.Module], hard: bool) -> list[dict[str, Tensor]]:
-        """Per network, the edited parameters (training gates, or exact gates when ``hard``)."""
+    def edge_mask_fn(self, graph: Batch, hard: bool):
+        """The function the metanetwork calls on its gate logits: per network of ``graph``, the requirement's
+        edge mask (training gates, or exact gates when ``hard``), concatenated ``(E,)``; ``None`` without gating."""
+        edge_counts, node_counts = graph_sizes(graph)
+
+        def fn(edge_logits: Tensor, node_logits: Tensor) -> Tensor | None:
+            masks = [self.requirement.edge_mask(NetworkEdit(specs, e, n), hard) for specs, e, n in
+                     zip(graph.specs, edge_logits.split(edge_counts), node_logits.split(node_counts))]
+            return None if masks[0] is None else torch.cat(masks)
+
+        return fn
+
+    def forward(self, graph: Batch, hard: bool = False) -> MetanetOutput:
+        """The metanetwork's output on ``graph``, with the requirement's gates (exact when ``hard``)."""
+        return self.metanet(graph, self.edge_mask_fn(graph, hard))
+
+    def edited_parameters(self, graph: Batch, out: MetanetOutput, templates: list[nn.Module]) -> list[dict[str, Tensor]]:
+        """Per network, the edited parameters ``(θ + Δθ) · mask`` (the mask in ``out``, if any)."""
         params = []
         edge_counts, node_counts = graph_sizes(graph)
-        edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts))
+        masks = out.edge_mask.split(edge_counts) if out.edge_mask is not None else [None] * len(edge_counts)
+        edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts), masks)
         nodes = zip(graph.bias.split(node_counts), out.delta_node.split(node_counts))
-        for template, net, (w, dw), (b, db) in zip(templates, self.split_output(graph, out), edges, nodes):
-            gate = self.requirement.edge_mask(net, hard)
+        for template, specs, (w, dw, gate), (b, db) in zip(templates, graph.specs, edges, nodes):
             w = w + dw if gate is None else (w + dw) * gate[:, None]
-            params.append(to_parameters(architecture(template), w, b + db, template))
+            params.append(to_parameters(specs, w, b + db, template))
         return params
 
     def _templates(self, graph: Batch) -> list[nn.Module]:
@@ -113,16 +165,23 @@ class MetanetworkEditor(L.LightningModule):
         graph = batch["nets"]
         x, y, s = self._unpack(batch["data"])
         self._check_inputs(graph)
-        out = self.metanet(graph)
+        out = self(graph, hard=False)
         templates = self._templates(graph)
-        params = self.edited_parameters(graph, out, templates, hard=False)
+        params = self.edited_parameters(graph, out, templates)
+        lagrangian = self.hparams.constraint == "lagrangian"
         reqs, jsds = [], []
         for t, p, net in zip(templates, params, self.split_output(graph, out)):
             logits = functional_call(t, p, (x,))
-            reqs.append(self.requirement.loss(net, logits, y, s))
+            term = self.requirement.violation if lagrangian else self.requirement.loss
+            reqs.append(term(net, logits, y, s))
             jsds.append(jensen_shannon(t(x).detach(), logits))
         req, jsd = torch.stack(reqs).mean(), torch.stack(jsds).mean()
-        loss = self.hparams.requirement_weight * req + self.hparams.lam * jsd
+        weight = self.multiplier.clone() if lagrangian else self.hparams.requirement_weight
+        loss = weight * req + self.hparams.lam * jsd
+        if lagrangian:  # dual ascent; on-device, no host sync
+            with torch.no_grad():
+                self.multiplier.add_(self.hparams.multiplier_lr * self.all_gather(req.detach()).mean()).clamp_(min=0.0)
+            self.log("train/multiplier", self.multiplier, batch_size=len(templates))
         self.log_dict({"train/requirement": req, "train/jsd": jsd, "train/loss": loss}, prog_bar=True, batch_size=len(templates))
         return loss
 
@@ -138,7 +197,7 @@ class MetanetworkEditor(L.LightningModule):
         graph = batch["nets"]
         x, y, s = self._eval_tensors(stage, batch["data"])
         templates = self._templates(graph)
-        params = self.edited_parameters(graph, self.metanet(graph), templates, hard=True)
+        params = self.edited_parameters(graph, self(graph, hard=True), templates)
         rows = []
         for t, p in zip(templates, params):
             forward = lambda inp, t=t, p=p: functional_call(t, p, (inp,))  # noqa: E731
@@ -160,23 +219,36 @@ class MetanetworkEditor(L.LightningModule):
 
     # ------------------------------------------------------------------ one-pass editing
     @torch.no_grad()
-    def edit(self, model: nn.Module | list[nn.Module]) -> nn.Module | list[nn.Module]:
-        """An edited copy of ``model`` (any network the converter supports, seen in training or not), in one
-        forward pass of the metanetwork, with the requirement enforced exactly. A list of networks is edited
-        in one batched pass and a list is returned.
+    def edit(self, model: nn.Module | list[nn.Module], edges_per_pass: int | None = 65536) -> nn.Module | list[nn.Module]:
+        """An edited copy of ``model`` (any network the converter supports, seen in training or not), with the
+        requirement enforced exactly. A list of networks is edited batched, and a list is returned.
+
+        The networks' neural graphs are joined into one disjoint graph and edited by one forward pass of the
+        metanetwork per ``edges_per_pass`` edges (consecutive networks are grouped; a network larger than the
+        budget gets a pass of its own). ``None`` edits the whole list in one pass. The budget exists because
+        every message-passing tensor is ``(E, hidden)``: above about 32 MB each one is a fresh ``mmap`` whose
+        page faults made a single 64-network pass 2× slower per network than passes of 8 (measured on
+        2 CPU cores; ``benchmarks/metanet_requirements.py``). The edit is the same either way: graphs do not
+        interact.
 
         Raises:
-            ValueError: unsupported layers (named), NaN/inf parameters, an input width other than the editor's.
+            ValueError: unsupported layers (named), NaN/inf parameters, an input width other than the editor's,
+                a non-positive ``edges_per_pass``.
             RuntimeError: a data-dependent requirement (data minimisation by attribute) that was never set up.
         """
+        if edges_per_pass is not None and edges_per_pass < 1:
+            raise ValueError(f"edges_per_pass must be a positive number of edges or None, got {edges_per_pass}.")
         models = model if isinstance(model, list) else [model]
-        graph = Batch.from_data_list([to_graph(m) for m in models]).to(self.device)
-        widths = {specs[0].in_dim for specs in graph.specs}
+        graphs = [to_graph(m) for m in models]
+        widths = {g.num_inputs for g in graphs}
         if self.num_inputs is not None and widths != {self.num_inputs}:
             raise ValueError(f"The network has {sorted(widths)} inputs; this editor was trained on {self.num_inputs}.")
         was_training = self.metanet.training
         self.metanet.eval()
-        all_params = self.edited_parameters(graph, self.metanet(graph), models, hard=True)
+        all_params: list[dict[str, Tensor]] = []
+        for group in _group_by_edges(graphs, edges_per_pass):
+            graph = Batch.from_data_list([graphs[i] for i in group]).to(self.device)
+            all_params += self.edited_parameters(graph, self(graph, hard=True), [models[i] for i in group])
         self.metanet.train(was_training)
         edited = []
         for m, params in zip(models, all_params):

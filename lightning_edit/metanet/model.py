@@ -3,12 +3,14 @@ with node and edge updates on neural graphs, and heads that output an edited net
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.nn.aggr import MultiAggregation
+
+from lightning_edit.metanet.graph import ACTIVATIONS
 
 
 def _mlp(d_in: int, d_out: int) -> nn.Sequential:
@@ -33,7 +35,13 @@ class EdgeNodeLayer(nn.Module):
 
     def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         src, dst = edge_index
-        e = self.edge_norm(e + self.edge_mlp(torch.cat([e, x[src], x[dst]], -1)))
+        # edge_mlp[0] applied to cat([e, x_src, x_dst]) without materialising the (E, 3h) concatenation: its weight
+        # splits into three (h, h) blocks, and the two node blocks are applied once per node, then gathered.
+        first, rest = self.edge_mlp[0], self.edge_mlp[1:]
+        w_e, w_src, w_dst = first.weight.split(e.shape[-1], dim=1)
+        nodes_src, nodes_dst = (x @ torch.cat([w_src, w_dst]).T).split(e.shape[-1], dim=-1)
+        h = torch.addmm(first.bias, e, w_e.T) + nodes_src[src] + nodes_dst[dst]
+        e = self.edge_norm(e + rest(h))
         incoming = self.agg_in(e, dst, dim_size=x.shape[0])
         outgoing = self.agg_out(e, src, dim_size=x.shape[0])
         x = self.node_norm(x + self.node_mlp(torch.cat([x, incoming, outgoing], -1)))
@@ -42,34 +50,49 @@ class EdgeNodeLayer(nn.Module):
 
 class MetanetOutput(NamedTuple):
     """Per-edge weight change ``(E, K·K)``, per-node bias change ``(N,)``, edge gate logits ``(E,)``,
-    node gate logits ``(N,)`` (used on input neurons for data minimisation)."""
+    node gate logits ``(N,)`` (used on input neurons for data minimisation), and the edge mask ``(E,)`` the
+    requirement made of the gate logits (``None`` without gating)."""
 
     delta_edge: Tensor
     delta_node: Tensor
     edge_gate: Tensor
     node_gate: Tensor
+    edge_mask: Tensor | None = None
+
+
+EdgeMaskFn = Callable[[Tensor, Tensor], "Tensor | None"]
 
 
 class GraphMetanetwork(nn.Module):
     """Reads a batch of neural graphs and outputs residual edits and gates.
 
+    ``num_layers`` rounds of :class:`EdgeNodeLayer` produce the gate logits. With ``gate_conditioned`` and an
+    ``edge_mask_fn``, the mask the requirement makes of them (soft, straight-through or exact) is embedded into
+    the edge features and one more round runs before the weight/bias changes are read out: every surviving
+    weight sees which of its neighbours were pruned (or whose inputs were dropped) and can compensate. Without
+    it (the paper's design) the changes are computed blind to the mask.
+
     Args:
         kernel_dim: edge feature size ``K·K`` (1 for MLPs).
         num_positions: size of the positional-id vocabulary (≥ inputs + outputs + hidden layers).
         max_layers: number of per-layer scales (≥ the deepest network's layer count).
-        hidden: width; num_layers: message-passing rounds.
+        hidden: width; num_layers: message-passing rounds before the gates.
         init_scale: initial per-layer scale of the weight/bias changes (small: the untrained editor is
             near the identity).
         gate_bias: initial gate logit (sigmoid(4) ≈ 0.98: gates start open).
+        gate_conditioned: add the mask-aware round described above.
     """
 
     def __init__(self, kernel_dim: int = 1, num_positions: int = 256, max_layers: int = 8, hidden: int = 64,
-                 num_layers: int = 3, init_scale: float = 0.01, gate_bias: float = 4.0) -> None:
+                 num_layers: int = 3, init_scale: float = 0.01, gate_bias: float = 4.0, gate_conditioned: bool = True) -> None:
         super().__init__()
         self.node_in = nn.Linear(2, hidden)
         self.edge_in = nn.Linear(kernel_dim, hidden)
         self.position = nn.Embedding(num_positions, hidden)
+        self.activation = nn.Embedding(len(ACTIVATIONS), hidden)
         self.layers = nn.ModuleList(EdgeNodeLayer(hidden) for _ in range(num_layers))
+        self.mask_in = nn.Linear(1, hidden) if gate_conditioned else None
+        self.repair = EdgeNodeLayer(hidden) if gate_conditioned else None
         self.edge_head, self.node_head = nn.Linear(hidden, kernel_dim), nn.Linear(hidden, 1)
         self.edge_gate_head, self.node_gate_head = nn.Linear(hidden, 1), nn.Linear(hidden, 1)
         for head in (self.edge_gate_head, self.node_gate_head):
@@ -78,8 +101,9 @@ class GraphMetanetwork(nn.Module):
         self.scale = nn.Parameter(torch.full((max_layers + 1,), init_scale))
         self.num_positions, self.max_layers = num_positions, max_layers
 
-    def forward(self, graph: Batch) -> MetanetOutput:
-        """Shapes: graph with ``N`` nodes and ``E`` edges -> see :class:`MetanetOutput`.
+    def forward(self, graph: Batch, edge_mask_fn: EdgeMaskFn | None = None) -> MetanetOutput:
+        """Shapes: graph with ``N`` nodes and ``E`` edges -> see :class:`MetanetOutput`. ``edge_mask_fn`` maps
+        ``(edge gate logits (E,), node gate logits (N,))`` to the requirement's edge mask ``(E,)`` or ``None``.
 
         Raises:
             ValueError: if a positional id or layer index exceeds the vocabulary (network too wide/deep).
@@ -91,10 +115,14 @@ class GraphMetanetwork(nn.Module):
                 "its input width or depth differs from what the editor was built for."
             )
         is_input = (graph.node_layer == 0).float()
-        x = self.node_in(torch.stack([graph.bias, is_input], -1)) + self.position(graph.pos)
+        x = self.node_in(torch.stack([graph.bias, is_input], -1)) + self.position(graph.pos) + self.activation(graph.act)
         e = self.edge_in(graph.edge_attr)
         for layer in self.layers:
             x, e = layer(x, e, graph.edge_index)
+        edge_gate, node_gate = self.edge_gate_head(e).squeeze(-1), self.node_gate_head(x).squeeze(-1)
+        mask = edge_mask_fn(edge_gate, node_gate) if edge_mask_fn is not None else None
+        if mask is not None and self.repair is not None:
+            x, e = self.repair(x, e + self.mask_in(mask[:, None].to(e.dtype)), graph.edge_index)
         delta_edge = self.edge_head(e) * self.scale[graph.edge_layer][:, None]
         delta_node = self.node_head(x).squeeze(-1) * self.scale[graph.node_layer]
-        return MetanetOutput(delta_edge, delta_node, self.edge_gate_head(e).squeeze(-1), self.node_gate_head(x).squeeze(-1))
+        return MetanetOutput(delta_edge, delta_node, edge_gate, node_gate, mask)

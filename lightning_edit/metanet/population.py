@@ -22,11 +22,21 @@ from lightning_edit.data.tabular import TabularDataModule
 from lightning_edit.metanet.graph import to_graph
 
 
-def make_mlp(in_dim: int, hidden: list[int], out_dim: int = 2) -> nn.Sequential:
-    """``Linear-ReLU`` blocks of widths ``hidden`` and a ``Linear`` output."""
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU,
+                       "elu": nn.ELU, "sigmoid": nn.Sigmoid}
+
+
+def make_mlp(in_dim: int, hidden: list[int], out_dim: int = 2, activation: str = "relu") -> nn.Sequential:
+    """``Linear-activation`` blocks of widths ``hidden`` and a ``Linear`` output.
+
+    Raises:
+        ValueError: for an activation not in ``relu, tanh, gelu, silu, leaky_relu, elu, sigmoid``.
+    """
+    if activation not in _ACTIVATION_MODULES:
+        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}.")
     layers: list[nn.Module] = []
     for w in hidden:
-        layers += [nn.Linear(in_dim, w), nn.ReLU()]
+        layers += [nn.Linear(in_dim, w), _ACTIVATION_MODULES[activation]()]
         in_dim = w
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -50,10 +60,15 @@ class NetworkDataset(Dataset):
 class ModelZooDataModule(L.LightningDataModule):
     """Trains (or loads from its cache) a population of MLPs on a tabular dataset, split into train/val/test networks.
 
-    Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), a seed, and
-    ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the training rows. The
-    population is cached in ``root`` as tensors (``torch.save``; loaded with ``weights_only=True``) under a
-    name that hashes its configuration. Batches are dicts ``{"nets": Batch of neural graphs, "data": (x, y, s)}``;
+    Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), an activation from
+    ``activations``, a seed, and ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the training
+    rows. Networks are split into train/val/test *networks* (``split``). Networks with a width in
+    ``heldout_widths`` or a depth in ``heldout_depths`` (drawn as often as the others) are kept out of all three
+    and form the ``heldout_arch_idx`` split: architectures the editor never saw, reported separately.
+    The population is cached in ``root`` as tensors (``torch.save``; loaded with ``weights_only=True``) under a
+    name that hashes every setting that shapes it (the networks' configurations, the data's name, width, row
+    count and a digest of its training rows, the training recipe): a cache built with other data or settings
+    is never reused. A progress bar shows while it trains. Batches are dicts ``{"nets": Batch of neural graphs, "data": (x, y, s)}``;
     one epoch is one pass over the networks (the data loader is cycled when it is the shorter one).
     :meth:`eval_tensors` gives the whole val/test data, on which editors evaluate each network.
 
@@ -61,21 +76,31 @@ class ModelZooDataModule(L.LightningDataModule):
         data: the tabular DataModule (default :class:`AdultDataModule` reading ``data_root``), e.g.
             :class:`~lightning_edit.data.GermanCreditDataModule`.
         num_models: population size. split: fractions of train and val networks (the rest is test).
-        widths, depths, epochs: the variation of the population. graphs_per_batch: networks per batch.
+        widths, depths, epochs, activations: the variation of the population. graphs_per_batch: networks per batch.
+        heldout_widths, heldout_depths: architectures kept out of training (see above).
         root: cache directory. seed: population seed.
 
     Raises:
-        ValueError: for an empty population or an empty split.
+        ValueError: for an empty population or an empty split, an unknown activation, or held-out widths or
+            depths that leave no other choice.
     """
 
     def __init__(
         self, num_models: int = 64, widths: list[int] = (16, 32, 64), depths: list[int] = (1, 2),
         epochs: list[int] = (1, 2, 3), split: tuple[float, float] = (0.7, 0.15), graphs_per_batch: int = 8,
         root: str = "data/zoo", data_root: str = "data", data: TabularDataModule | None = None, seed: int = 0,
+        activations: list[str] = ("relu",), heldout_widths: list[int] = (), heldout_depths: list[int] = (),
     ) -> None:
         super().__init__()
         if num_models < 1:
             raise ValueError("The population is empty: num_models must be >= 1.")
+        unknown = sorted(set(activations) - set(_ACTIVATION_MODULES))
+        if unknown:
+            raise ValueError(f"Unknown activations {unknown}; choose from {sorted(_ACTIVATION_MODULES)}.")
+        if set(widths) <= set(heldout_widths) or set(depths) <= set(heldout_depths):
+            raise ValueError("heldout_widths/heldout_depths cover every width or depth: no network would be left to train on.")
+        self.activations = list(activations)
+        self.heldout_widths, self.heldout_depths = list(heldout_widths), list(heldout_depths)
         self.num_models, self.widths, self.depths, self.epochs = num_models, list(widths), list(depths), list(epochs)
         self.split, self.graphs_per_batch, self.root, self.seed = split, graphs_per_batch, Path(root), seed
         self.data = data or AdultDataModule(root=data_root)
@@ -84,14 +109,24 @@ class ModelZooDataModule(L.LightningDataModule):
 
     def _configs(self) -> list[dict[str, Any]]:
         rng = random.Random(self.seed)
-        return [
-            {"hidden": [rng.choice(self.widths) for _ in range(rng.choice(self.depths))],
-             "epochs": rng.choice(self.epochs), "seed": rng.randrange(2**31)}
-            for _ in range(self.num_models)
-        ]
+        configs = []
+        for _ in range(self.num_models):
+            cfg = {"hidden": [rng.choice(self.widths) for _ in range(rng.choice(self.depths))],
+                   "epochs": rng.choice(self.epochs), "seed": rng.randrange(2**31)}
+            if self.activations != ["relu"]:  # the key of an all-ReLU population is unchanged
+                cfg["activation"] = rng.choice(self.activations)
+            configs.append(cfg)
+        return configs
+
+    def is_heldout_architecture(self, cfg: dict[str, Any]) -> bool:
+        return len(cfg["hidden"]) in self.heldout_depths or any(w in self.heldout_widths for w in cfg["hidden"])
 
     def cache_path(self) -> Path:
-        key = json.dumps([self._configs(), self.data.num_features], sort_keys=True)
+        x, y, _ = self.data.train_set.tensors
+        digest = hashlib.sha1(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes()).hexdigest()[:12]
+        recipe = {"optimizer": "adam", "lr": 1e-3, "batch_size": 256, "data": type(self.data).__name__,
+                  "rows": len(y), "train_digest": digest}
+        key = json.dumps([self._configs(), self.data.num_features, recipe], sort_keys=True)
         name = getattr(self.data, "name", "") or type(self.data).__name__.lower()
         return self.root / f"{name}_mlps_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
 
@@ -109,12 +144,14 @@ class ModelZooDataModule(L.LightningDataModule):
             torch.save({"configs": self.configs, "states": states}, path)
         self.models = []
         for cfg, state in zip(self.configs, states):
-            m = make_mlp(self.data.num_features, cfg["hidden"])
+            m = make_mlp(self.data.num_features, cfg["hidden"], activation=cfg.get("activation", "relu"))
             m.load_state_dict(state)
             self.models.append(m.eval())
-        n_train = max(1, int(self.split[0] * self.num_models))
-        n_val = int(self.split[1] * self.num_models)
         order = torch.randperm(self.num_models, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        self.heldout_arch_idx = [i for i in order if self.is_heldout_architecture(self.configs[i])]
+        order = [i for i in order if not self.is_heldout_architecture(self.configs[i])]
+        n_train = max(1, int(self.split[0] * len(order)))
+        n_val = int(self.split[1] * len(order))
         self.train_idx, self.val_idx, self.test_idx = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
         if not self.val_idx or not self.test_idx:
             raise ValueError(f"{self.num_models} networks leave an empty val or test split; train a larger population.")
@@ -129,7 +166,7 @@ class ModelZooDataModule(L.LightningDataModule):
             for cfg in self.configs:
                 g = torch.Generator().manual_seed(cfg["seed"])
                 torch.manual_seed(cfg["seed"])
-                model = make_mlp(self.data.num_features, cfg["hidden"])
+                model = make_mlp(self.data.num_features, cfg["hidden"], activation=cfg.get("activation", "relu"))
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 for _ in range(cfg["epochs"]):
                     for idx in torch.randperm(len(y), generator=g).split(256):

@@ -100,21 +100,32 @@ def _weights_of(params: dict[str, Tensor], specs: list[LayerSpec]) -> list[Tenso
 class WeightPruning(Requirement):
     """At most ``1 - sparsity`` of the weights (edges) survive.
 
-    Training: soft gates ``g = sigmoid(logit)`` multiply the weights; loss ``relu(mean(g) - (1 - sparsity))²``.
     Edit time: exactly ``round(sparsity · E)`` edges with the lowest logits are zeroed.
+    Training (``gates``):
+
+    * ``"straight_through"`` (default): the forward pass uses that exact mask, the backward pass goes through
+      ``sigmoid(logit)`` (Bengio et al. 2013), as data minimisation does. Training sees the network it will
+      output, and the mask-aware round of :class:`GraphMetanetwork` can learn to compensate the pruned weights.
+    * ``"soft"``: gates ``sigmoid(logit)`` multiply the weights (the paper's relaxation); the exact top-k at
+      edit time then differs from what was trained.
+
+    Loss (both): ``relu(mean(sigmoid(logit)) - (1 - sparsity))²``, which keeps the soft gates on budget.
     Measure: ``sparsity`` = fraction of zero weights (``level``).
 
     Raises:
-        ValueError: for a sparsity outside [0, 1).
+        ValueError: for a sparsity outside [0, 1) or an unknown ``gates``.
     """
 
     sparsity: float = 0.5
+    gates: str = "straight_through"
     name: ClassVar[str] = "weight_pruning"
     level_name: ClassVar[str] = "sparsity"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}.")
+        if self.gates not in ("straight_through", "soft"):
+            raise ValueError(f"gates must be 'straight_through' or 'soft', got {self.gates!r}.")
 
     def soft_gates(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
@@ -127,7 +138,12 @@ class WeightPruning(Requirement):
         return keep
 
     def edge_mask(self, net: NetworkEdit, hard: bool) -> Tensor:
-        return self.hard_gates(net.edge_logits) if hard else self.soft_gates(net.edge_logits)
+        if hard:
+            return self.hard_gates(net.edge_logits.detach())
+        soft = self.soft_gates(net.edge_logits)
+        if self.gates == "soft":
+            return soft
+        return self.hard_gates(net.edge_logits.detach()) + soft - soft.detach()
 
     def loss(self, net: NetworkEdit, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
         return torch.relu(self.soft_gates(net.edge_logits).mean() - (1.0 - self.sparsity)) ** 2
@@ -339,9 +355,12 @@ class BiasMitigation(Requirement):
             raise ValueError("bias_mitigation needs the sensitive attribute: batches must be (x, y, s).")
         return s
 
-    def loss(self, net: NetworkEdit, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
-        gap = fairness_surrogate(logits.softmax(-1)[:, 1], y, self._check(s), self.metric, self.num_groups)
-        return torch.relu(gap - self.target)
+    def violation(self, net: NetworkEdit | None, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
+        """Signed constraint value ``surrogate gap - target`` (negative when met), for a Lagrangian."""
+        return fairness_surrogate(logits.softmax(-1)[:, 1], y, self._check(s), self.metric, self.num_groups) - self.target
+
+    def loss(self, net: NetworkEdit | None, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
+        return torch.relu(self.violation(net, logits, y, s))
 
     def measure(self, forward, params, specs, x, y, s) -> dict[str, Tensor]:
         diffs = fairness_differences(forward(x).softmax(-1)[:, 1], y, self._check(s), self.num_groups)

@@ -131,7 +131,8 @@ def test_checkpoint_round_trip_keeps_the_requirement_state(zoo, tmp_path):
 
 
 # ---------------------------------------------------------------- bias mitigation
-def test_training_lowers_equalized_odds_on_held_out_networks(zoo, tmp_path):
+def test_training_lowers_equalized_odds_on_held_out_networks(zoo_large_batches, tmp_path):
+    zoo = zoo_large_batches
     L.seed_everything(0)
     editor = MetanetworkEditor("bias_mitigation", {"metric": "equalized_odds"}, hidden=16, num_layers=2, lr=3e-3,
                                requirement_weight=0.3)
