@@ -191,6 +191,22 @@ def test_metanet_prune_adult_config_end_to_end(tmp_path):
     assert float(cli.trainer.callback_metrics["val/sparsity"]) == pytest.approx(0.6, abs=0.01)
 
 
+def test_metanet_prune_digits_cnn_config_end_to_end(tmp_path):
+    cfg = OmegaConf.load(CONFIGS / "metanet_prune_digits_cnn.yaml")
+    cfg.trainer.update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=1,
+                       check_val_every_n_epoch=1, default_root_dir=str(tmp_path), accelerator="cpu",
+                       enable_progress_bar=False)
+    cfg.model.init_args.update(hidden=16, num_layers=1)
+    cfg.data.init_args.update(num_models=10, epochs=[2], widths=[4], root=str(tmp_path / "zoo"))
+    path = tmp_path / "cnn.yaml"
+    OmegaConf.save(cfg, path)
+    cli = build_cli(["fit", "--config", str(path), "--test_after_fit", "true"])
+    metrics = cli.trainer.callback_metrics
+    # kernel-level pruning stays at most one 3x3 kernel (9 of the >= 76 weights) below the target
+    assert 0.6 - 9 / 76 <= float(metrics["test/sparsity"]) <= 0.6
+    assert cli.datamodule.family == "cnn" and cli.model.hparams.kernel_size == 3
+
+
 def shrink_metanet(name: str, tmp_path: Path, **model_args) -> Path:
     cfg = OmegaConf.load(CONFIGS / name)
     cfg.trainer.update(max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=1,

@@ -6,7 +6,7 @@ retraining baselines."""
 from lightning_edit.metanet.editor import MetanetworkEditor, compose, jensen_shannon, measure
 from lightning_edit.metanet.graph import LayerSpec, architecture, batch_graphs, to_graph, to_parameters
 from lightning_edit.metanet.model import EdgeNodeLayer, GraphMetanetwork, MetanetOutput
-from lightning_edit.metanet.population import ModelZooDataModule, NetworkDataset, make_mlp
+from lightning_edit.metanet.population import ModelZooDataModule, NetworkDataset, make_cnn, make_mlp
 from lightning_edit.metanet.requirements import (
     REQUIREMENTS,
     BiasMitigation,
@@ -22,6 +22,6 @@ from lightning_edit.metanet.requirements import (
 __all__ = [
     "MetanetworkEditor", "compose", "measure", "jensen_shannon", "LayerSpec", "architecture", "batch_graphs", "to_graph",
     "to_parameters", "EdgeNodeLayer", "GraphMetanetwork", "MetanetOutput", "ModelZooDataModule", "NetworkDataset",
-    "make_mlp", "REQUIREMENTS", "Requirement", "NetworkEdit", "WeightPruning", "DataMinimisation", "BiasMitigation",
+    "make_mlp", "make_cnn", "REQUIREMENTS", "Requirement", "NetworkEdit", "WeightPruning", "DataMinimisation", "BiasMitigation",
     "fairness_differences", "fairness_surrogate", "make_requirement",
 ]

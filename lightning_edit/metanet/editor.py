@@ -73,19 +73,24 @@ class MetanetworkEditor(L.LightningModule):
             it, so the editor is pushed exactly as hard as the target needs, where a fixed weight either leaves
             the gap or collapses the network to a constant classifier. Logged as ``train/multiplier``.
         multiplier_lr: the dual step size.
+        kernel_size: the largest conv kernel the editor reads (1 for MLPs; 3 for :func:`make_cnn` populations):
+            edge features are ``kernel_size²`` values, smaller kernels and linear weights zero-padded.
 
     Raises:
         ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
             ``constraint``, ``"lagrangian"`` for a requirement without a target, a non-positive
-            ``multiplier_lr`` (at construction); a requirement the data cannot meet, e.g. ``k`` above the
-            number of inputs or no sensitive attribute (at ``setup``).
+            ``multiplier_lr``, a ``kernel_size`` below 1 (at construction); a requirement the data cannot meet,
+            e.g. ``k`` above the number of inputs or no sensitive attribute, or a population whose kernels differ
+            from ``kernel_size`` (at ``setup``).
     """
 
     def __init__(self, requirement: str = "weight_pruning", requirement_args: dict[str, Any] | None = None, lam: float = 1.0,
                  hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
                  requirement_weight: float = 10.0, gate_conditioned: bool = True, constraint: str = "penalty",
-                 multiplier_lr: float = 0.5) -> None:
+                 multiplier_lr: float = 0.5, kernel_size: int = 1) -> None:
         super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
         self.requirement: Requirement = make_requirement(requirement, requirement_args)
@@ -100,13 +105,17 @@ class MetanetworkEditor(L.LightningModule):
                                    "lam": lam, "hidden": hidden, "num_layers": num_layers, "num_positions": num_positions,
                                    "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight,
                                    "gate_conditioned": gate_conditioned, "constraint": constraint,
-                                   "multiplier_lr": multiplier_lr})
-        self.metanet = GraphMetanetwork(1, num_positions, max_layers, hidden, num_layers, gate_conditioned=gate_conditioned)
+                                   "multiplier_lr": multiplier_lr, "kernel_size": kernel_size})
+        self.metanet = GraphMetanetwork(kernel_size**2, num_positions, max_layers, hidden, num_layers, gate_conditioned=gate_conditioned)
         self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
         self.num_inputs: int | None = None
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
 
     def setup(self, stage: str) -> None:
+        population_kernel = getattr(self.trainer.datamodule, "max_kernel", self.hparams.kernel_size)
+        if population_kernel != self.hparams.kernel_size:
+            raise ValueError(f"The population's neural graphs have {population_kernel}x{population_kernel} kernels; "
+                             f"build the editor with kernel_size={population_kernel}.")
         data = getattr(self.trainer.datamodule, "data", None)  # set up by the datamodule's own setup
         self.requirement.setup(data, getattr(data, "num_features", None))
         self._eval_data = {}
@@ -239,7 +248,7 @@ class MetanetworkEditor(L.LightningModule):
         if edges_per_pass is not None and edges_per_pass < 1:
             raise ValueError(f"edges_per_pass must be a positive number of edges or None, got {edges_per_pass}.")
         models = model if isinstance(model, list) else [model]
-        graphs = [to_graph(m) for m in models]
+        graphs = [to_graph(m, self.hparams.kernel_size) for m in models]
         widths = {g.num_inputs for g in graphs}
         if self.num_inputs is not None and widths != {self.num_inputs}:
             raise ValueError(f"The network has {sorted(widths)} inputs; this editor was trained on {self.num_inputs}.")

@@ -19,6 +19,7 @@ from torch_geometric.loader import DataLoader as GraphLoader
 
 from lightning_edit.data.adult import AdultDataModule
 from lightning_edit.data.tabular import TabularDataModule
+from lightning_edit.data.base import TensorDataModule
 from lightning_edit.metanet.graph import to_graph
 
 
@@ -42,23 +43,53 @@ def make_mlp(in_dim: int, hidden: list[int], out_dim: int = 2, activation: str =
     return nn.Sequential(*layers)
 
 
-class NetworkDataset(Dataset):
-    """Trained networks of a population: item ``i`` is its neural graph, with ``net_id`` (its population index)."""
+def make_cnn(in_channels: int, widths: list[int], num_classes: int = 10, activation: str = "relu") -> nn.Sequential:
+    """``Conv3x3(padding 1)-activation`` blocks of widths ``widths``, global average pooling and a ``Linear``
+    classifier: a network the neural-graph converter reads (channels are nodes, 3×3 kernels are edges).
 
-    def __init__(self, models: list[nn.Module], indices: list[int]) -> None:
-        self.models, self.indices = models, indices
+    Raises:
+        ValueError: for an unknown activation (see :func:`make_mlp`) or no conv layer.
+    """
+    if activation not in _ACTIVATION_MODULES:
+        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}.")
+    if not widths:
+        raise ValueError("make_cnn needs at least one conv width.")
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Conv2d(in_channels, w, 3, padding=1), _ACTIVATION_MODULES[activation]()]
+        in_channels = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def split_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y, s)`` of a tabular split (``TensorDataset``) or ``(x, y, None)`` of an image split."""
+    if hasattr(dataset, "tensors"):
+        x, y, *rest = dataset.tensors
+        return x, y, (rest[0] if rest else None)
+    return dataset.x, dataset.y, None
+
+
+class NetworkDataset(Dataset):
+    """Trained networks of a population: item ``i`` is its neural graph (kernels padded to ``max_kernel``), with
+    ``net_id`` (its population index)."""
+
+    def __init__(self, models: list[nn.Module], indices: list[int], max_kernel: int | None = None) -> None:
+        self.models, self.indices, self.max_kernel = models, indices, max_kernel
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        g = to_graph(self.models[self.indices[i]])
+        g = to_graph(self.models[self.indices[i]], self.max_kernel)
         g.net_id = torch.tensor([self.indices[i]])
         return g
 
 
 class ModelZooDataModule(L.LightningDataModule):
-    """Trains (or loads from its cache) a population of MLPs on a tabular dataset, split into train/val/test networks.
+    """Trains (or loads from its cache) a population of MLPs on a tabular dataset (``family="mlp"``), or of small
+    CNNs on an image dataset (``family="cnn"``: :func:`make_cnn`, ``widths`` are channel counts, ``depths`` conv
+    layers; e.g. :class:`~lightning_edit.data.DigitsDataModule`), split into train/val/test networks.
 
     Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), an activation from
     ``activations``, a seed, and ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the training
@@ -73,25 +104,30 @@ class ModelZooDataModule(L.LightningDataModule):
     :meth:`eval_tensors` gives the whole val/test data, on which editors evaluate each network.
 
     Args:
-        data: the tabular DataModule (default :class:`AdultDataModule` reading ``data_root``), e.g.
-            :class:`~lightning_edit.data.GermanCreditDataModule`.
+        data: the DataModule (default :class:`AdultDataModule` reading ``data_root``), e.g.
+            :class:`~lightning_edit.data.GermanCreditDataModule`, or an image one for ``family="cnn"``.
+        family: ``"mlp"`` or ``"cnn"``.
         num_models: population size. split: fractions of train and val networks (the rest is test).
         widths, depths, epochs, activations: the variation of the population. graphs_per_batch: networks per batch.
         heldout_widths, heldout_depths: architectures kept out of training (see above).
         root: cache directory. seed: population seed.
 
     Raises:
-        ValueError: for an empty population or an empty split, an unknown activation, or held-out widths or
-            depths that leave no other choice.
+        ValueError: for an empty population or an empty split, an unknown activation or family, or held-out
+            widths or depths that leave no other choice.
     """
 
     def __init__(
         self, num_models: int = 64, widths: list[int] = (16, 32, 64), depths: list[int] = (1, 2),
         epochs: list[int] = (1, 2, 3), split: tuple[float, float] = (0.7, 0.15), graphs_per_batch: int = 8,
-        root: str = "data/zoo", data_root: str = "data", data: TabularDataModule | None = None, seed: int = 0,
+        root: str = "data/zoo", data_root: str = "data", data: TabularDataModule | TensorDataModule | None = None, seed: int = 0,
         activations: list[str] = ("relu",), heldout_widths: list[int] = (), heldout_depths: list[int] = (),
+        family: str = "mlp",
     ) -> None:
         super().__init__()
+        if family not in ("mlp", "cnn"):
+            raise ValueError(f"family must be 'mlp' or 'cnn', got {family!r}.")
+        self.family = family
         if num_models < 1:
             raise ValueError("The population is empty: num_models must be >= 1.")
         unknown = sorted(set(activations) - set(_ACTIVATION_MODULES))
@@ -122,13 +158,32 @@ class ModelZooDataModule(L.LightningDataModule):
         return len(cfg["hidden"]) in self.heldout_depths or any(w in self.heldout_widths for w in cfg["hidden"])
 
     def cache_path(self) -> Path:
-        x, y, _ = self.data.train_set.tensors
+        x, y, _ = split_tensors(self.data.train_set)
         digest = hashlib.sha1(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes()).hexdigest()[:12]
         recipe = {"optimizer": "adam", "lr": 1e-3, "batch_size": 256, "data": type(self.data).__name__,
                   "rows": len(y), "train_digest": digest}
-        key = json.dumps([self._configs(), self.data.num_features, recipe], sort_keys=True)
-        name = getattr(self.data, "name", "") or type(self.data).__name__.lower()
-        return self.root / f"{name}_mlps_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+        if self.family != "mlp":
+            recipe["family"] = self.family
+        key = json.dumps([self._configs(), self.input_width, recipe], sort_keys=True)
+        name = getattr(self.data, "name", "") or type(self.data).__name__.lower().replace("datamodule", "")
+        return self.root / f"{name}_{self.family}s_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+
+    @property
+    def input_width(self) -> int:
+        """Input features (MLP) or input channels (CNN) of every network."""
+        return self.data.num_features if self.family == "mlp" else int(self.data.train_set.x.shape[1])
+
+    @property
+    def max_kernel(self) -> int:
+        """Kernel size of the population's neural graphs (1 for MLPs, 3 for :func:`make_cnn`)."""
+        return 1 if self.family == "mlp" else 3
+
+    def build(self, cfg: dict[str, Any]) -> nn.Module:
+        """An untrained network of configuration ``cfg``."""
+        act = cfg.get("activation", "relu")
+        if self.family == "mlp":
+            return make_mlp(self.input_width, cfg["hidden"], activation=act)
+        return make_cnn(self.input_width, cfg["hidden"], int(self.data.num_classes), activation=act)
 
     def setup(self, stage: str | None = None) -> None:
         if self.models:
@@ -144,7 +199,7 @@ class ModelZooDataModule(L.LightningDataModule):
             torch.save({"configs": self.configs, "states": states}, path)
         self.models = []
         for cfg, state in zip(self.configs, states):
-            m = make_mlp(self.data.num_features, cfg["hidden"], activation=cfg.get("activation", "relu"))
+            m = self.build(cfg)
             m.load_state_dict(state)
             self.models.append(m.eval())
         order = torch.randperm(self.num_models, generator=torch.Generator().manual_seed(self.seed)).tolist()
@@ -154,19 +209,20 @@ class ModelZooDataModule(L.LightningDataModule):
         n_val = int(self.split[1] * len(order))
         self.train_idx, self.val_idx, self.test_idx = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
         if not self.val_idx or not self.test_idx:
-            raise ValueError(f"{self.num_models} networks leave an empty val or test split; train a larger population.")
+            raise ValueError(f"{len(order)} networks (of {self.num_models}, after the held-out architectures) leave an "
+                             "empty val or test split; train a larger population.")
 
     def _train_population(self) -> list[dict[str, torch.Tensor]]:
         from rich.progress import Progress
 
-        x, y, _ = self.data.train_set.tensors
+        x, y, _ = split_tensors(self.data.train_set)
         states = []
         with Progress(transient=True) as progress:
             task = progress.add_task("Training the network population", total=self.num_models)
             for cfg in self.configs:
                 g = torch.Generator().manual_seed(cfg["seed"])
                 torch.manual_seed(cfg["seed"])
-                model = make_mlp(self.data.num_features, cfg["hidden"], activation=cfg.get("activation", "relu"))
+                model = self.build(cfg)
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 for _ in range(cfg["epochs"]):
                     for idx in torch.randperm(len(y), generator=g).split(256):
@@ -178,14 +234,16 @@ class ModelZooDataModule(L.LightningDataModule):
         return states
 
     def _loader(self, indices: list[int], shuffle: bool, data: DataLoader) -> CombinedLoader:
-        nets = GraphLoader(NetworkDataset(self.models, indices), batch_size=self.graphs_per_batch, shuffle=shuffle)
+        nets = GraphLoader(NetworkDataset(self.models, indices, self.max_kernel), batch_size=self.graphs_per_batch,
+                           shuffle=shuffle)
         # One epoch = one pass over the networks; each step also draws a fresh batch of data rows.
         mode = "min_size" if len(data) >= len(nets) else "max_size_cycle"
         return CombinedLoader({"nets": nets, "data": data}, mode=mode)
 
     def eval_tensors(self, stage: str) -> tuple[torch.Tensor, ...]:
-        """The whole ``(x, y, s)`` of the data's ``"val"`` or ``"test"`` split."""
-        return (self.data.val_set if stage == "val" else self.data.test_set).tensors
+        """The whole ``(x, y, s)`` of the data's ``"val"`` or ``"test"`` split (``(x, y)`` for image data)."""
+        x, y, s = split_tensors(self.data.val_set if stage == "val" else self.data.test_set)
+        return (x, y) if s is None else (x, y, s)
 
     def train_dataloader(self):
         return self._loader(self.train_idx, True, self.data.train_dataloader())

@@ -100,7 +100,9 @@ def _weights_of(params: dict[str, Tensor], specs: list[LayerSpec]) -> list[Tenso
 class WeightPruning(Requirement):
     """At most ``1 - sparsity`` of the weights (edges) survive.
 
-    Edit time: exactly ``round(sparsity · E)`` edges with the lowest logits are zeroed.
+    Edit time: the edges with the lowest logits are zeroed, exactly ``round(sparsity · E)`` of them in an MLP;
+    in a CNN, where an edge is a whole k×k kernel, as many as remove ``round(sparsity · W)`` of the ``W`` weights
+    (kernel-level pruning, at a weight sparsity within one kernel of the target).
     Training (``gates``):
 
     * ``"straight_through"`` (default): the forward pass uses that exact mask, the backward pass goes through
@@ -130,23 +132,41 @@ class WeightPruning(Requirement):
     def soft_gates(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
 
-    def hard_gates(self, logits: Tensor) -> Tensor:
-        k = int(round(self.sparsity * len(logits)))
+    def hard_gates(self, logits: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Exact mask ``(E,)``: the lowest-logit edges are removed until ``round(sparsity · W)`` weights are,
+        where an edge holds ``sizes`` weights (a k×k kernel: k²; 1 for an MLP, where this is the plain
+        top-k). ``sizes=None`` counts one weight per edge."""
         keep = torch.ones_like(logits)
-        if k:
-            keep[torch.argsort(logits)[:k]] = 0.0
+        order = torch.argsort(logits)
+        if sizes is None:
+            removed = int(round(self.sparsity * len(logits)))
+        else:
+            budget = int(round(self.sparsity * int(sizes.sum())))
+            removed = int(torch.searchsorted(sizes[order].cumsum(0), budget, right=True))
+        keep[order[:removed]] = 0.0
         return keep
 
+    @staticmethod
+    def edge_sizes(net: NetworkEdit) -> Tensor | None:
+        """Weights per edge ``(E,)`` (the layer's kernel size squared), or ``None`` when every edge is one weight."""
+        if all(s.kernel == 1 for s in net.specs):
+            return None
+        return torch.cat([torch.full((s.in_dim * s.out_dim,), s.kernel**2, device=net.edge_logits.device)
+                          for s in net.specs])
+
     def edge_mask(self, net: NetworkEdit, hard: bool) -> Tensor:
+        sizes = self.edge_sizes(net)
         if hard:
-            return self.hard_gates(net.edge_logits.detach())
+            return self.hard_gates(net.edge_logits.detach(), sizes)
         soft = self.soft_gates(net.edge_logits)
         if self.gates == "soft":
             return soft
-        return self.hard_gates(net.edge_logits.detach()) + soft - soft.detach()
+        return self.hard_gates(net.edge_logits.detach(), sizes) + soft - soft.detach()
 
     def loss(self, net: NetworkEdit, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
-        return torch.relu(self.soft_gates(net.edge_logits).mean() - (1.0 - self.sparsity)) ** 2
+        soft, sizes = self.soft_gates(net.edge_logits), self.edge_sizes(net)
+        kept = soft.mean() if sizes is None else (soft * sizes).sum() / sizes.sum()
+        return torch.relu(kept - (1.0 - self.sparsity)) ** 2
 
     def measure(self, forward, params, specs, x, y, s) -> dict[str, Tensor]:
         w = torch.cat([p.flatten() for p in _weights_of(params, specs)])

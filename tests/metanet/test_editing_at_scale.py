@@ -1,0 +1,186 @@
+"""Issue 14: cached graph structure, edits batched by edge budget, straight-through pruning gates, the mask-aware
+round, the Lagrangian constraint, the single-threshold baseline, and populations with activations and held-out
+architectures."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from lightning_edit.metanet import (
+    BiasMitigation,
+    GraphMetanetwork,
+    MetanetworkEditor,
+    ModelZooDataModule,
+    WeightPruning,
+    architecture,
+    fairness_differences,
+    make_mlp,
+    to_graph,
+    to_parameters,
+)
+from lightning_edit.metanet.baselines import ThresholdClassifier, fit_group_thresholds, fit_single_threshold
+from lightning_edit.metanet.graph import ACTIVATIONS, graph_structure
+from lightning_edit.metanet.requirements import NetworkEdit
+
+
+def test_graph_structure_is_shared_per_architecture_and_carries_activations():
+    torch.manual_seed(0)
+    a, b = make_mlp(5, [4, 3], 2, activation="tanh"), make_mlp(5, [4, 3], 2, activation="tanh")
+    ga, gb = to_graph(a), to_graph(b)
+    assert ga.edge_index is gb.edge_index  # computed once for the architecture
+    assert graph_structure.cache_info().hits >= 1
+    assert not torch.equal(ga.edge_attr, gb.edge_attr)
+    tanh = ACTIVATIONS.index("tanh")
+    assert ga.act.tolist() == [0] * 5 + [tanh] * 4 + [tanh] * 3 + [0] * 2  # the output layer has none
+    assert [s.activation for s in architecture(a)] == ["tanh", "tanh", "identity"]
+    params = to_parameters(ga.specs, ga.edge_attr, ga.bias, a)
+    for name, p in a.named_parameters():
+        assert torch.equal(params[name], p), name
+    with pytest.raises(ValueError, match="two activations after '0'"):
+        architecture(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+        make_mlp(3, [4], activation="swish")
+
+
+def test_edits_batched_by_edge_budget_equal_one_pass_and_single_edits(zoo):
+    torch.manual_seed(0)
+    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.7}, hidden=8, num_layers=1)
+    with torch.no_grad():
+        editor.metanet.scale.fill_(0.5)  # visible weight changes
+        editor.metanet.edge_gate_head.weight.normal_()
+    models = [zoo.models[i] for i in zoo.test_idx + zoo.val_idx]
+    one_pass = editor.edit(models, edges_per_pass=None)
+    budget = min(to_graph(m).edge_index.shape[1] for m in models) + 1  # about one network per pass
+    chunked = editor.edit(models, edges_per_pass=budget)
+    for m, p, q in zip(models, one_pass, chunked):
+        single = editor.edit(m)
+        for x, y, z in zip(p.parameters(), q.parameters(), single.parameters()):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(x, z, atol=1e-5, rtol=1e-5)
+            assert torch.equal(x == 0, y == 0)  # the same weights pruned
+    with pytest.raises(ValueError, match="edges_per_pass must be a positive"):
+        editor.edit(models, edges_per_pass=0)
+
+
+def test_straight_through_gates_train_the_exact_mask():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0], requires_grad=True)
+    net = NetworkEdit([], logits, logits.new_zeros(0))
+    mask = WeightPruning(sparsity=0.4).edge_mask(net, hard=False)
+    assert mask.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]  # forward: the exact top-k of the edit
+    (mask * torch.arange(5.0)).sum().backward()
+    sig = torch.sigmoid(logits.detach())
+    torch.testing.assert_close(logits.grad, torch.arange(5.0) * sig * (1 - sig))  # backward: through the sigmoid
+    soft = WeightPruning(sparsity=0.4, gates="soft").edge_mask(net, hard=False)
+    torch.testing.assert_close(soft, sig)
+    assert WeightPruning(sparsity=0.4, gates="soft").edge_mask(net, hard=True).tolist() == mask.tolist()
+    with pytest.raises(ValueError, match="gates must be 'straight_through' or 'soft'"):
+        WeightPruning(gates="hard")
+
+
+def test_kernel_level_pruning_counts_weights_not_edges():
+    from lightning_edit.metanet import LayerSpec
+
+    # 2 conv edges (3x3 kernels, 9 weights each) then 2 linear edges: W = 20 weights
+    specs = [LayerSpec("c", "conv", 1, 2, 3), LayerSpec("l", "linear", 2, 1)]
+    logits = torch.tensor([0.0, 5.0, -1.0, 1.0])  # 2 kernels, then 2 linear weights
+    net = NetworkEdit(specs, logits, logits.new_zeros(0))
+    assert WeightPruning.edge_sizes(net).tolist() == [9, 9, 1, 1]
+    # sparsity 0.5 of 20 weights = 10: remove the lowest logits while the count stays <= 10: -1 (1), 0 (9) -> 10
+    assert WeightPruning(sparsity=0.5).edge_mask(net, hard=True).tolist() == [0.0, 1.0, 0.0, 1.0]
+    # sparsity 0.3 -> 6 weights: only the linear edge of logit -1 fits before the next kernel
+    assert WeightPruning(sparsity=0.3).edge_mask(net, hard=True).tolist() == [1.0, 1.0, 0.0, 1.0]
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3)
+    edited = editor.edit(cnn)
+    w = torch.cat([edited[0].weight.flatten(), edited[4].weight.flatten()])  # 36 + 12 = 48 weights
+    assert 0.6 - 9 / 48 <= float(w.eq(0).float().mean()) <= 0.6
+    assert torch.equal(edited[0].weight.eq(0).flatten(2).all(-1), edited[0].weight.eq(0).flatten(2).any(-1))  # whole kernels
+    with pytest.raises(ValueError, match="exceeds max_kernel=1"):
+        MetanetworkEditor("weight_pruning", hidden=8, num_layers=1).edit(cnn)
+
+
+def test_weight_changes_see_the_mask_only_when_gate_conditioned():
+    torch.manual_seed(0)
+    g = Batch.from_data_list([to_graph(make_mlp(6, [5], 2))])
+    keep_all = lambda e, n: torch.ones_like(e)  # noqa: E731
+    drop_half = lambda e, n: (torch.arange(len(e)) % 2).float()  # noqa: E731
+    for conditioned in (True, False):
+        metanet = GraphMetanetwork(hidden=8, num_layers=1, init_scale=1.0, gate_conditioned=conditioned).eval()
+        with torch.no_grad():
+            a, b = metanet(g, keep_all), metanet(g, drop_half)
+        assert torch.equal(b.edge_mask, (torch.arange(len(b.edge_mask)) % 2).float())
+        assert torch.equal(a.edge_gate, b.edge_gate)  # gates are read before the mask exists
+        assert torch.allclose(a.delta_edge, b.delta_edge) != conditioned
+
+
+def test_lagrangian_multiplier_rises_while_violated_and_falls_once_met(zoo_large_batches, tmp_path):
+    def fit(target):
+        L.seed_everything(0)
+        editor = MetanetworkEditor("bias_mitigation", {"target": target}, hidden=8, num_layers=1,
+                                   constraint="lagrangian", requirement_weight=1.0, multiplier_lr=0.5)
+        L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                  default_root_dir=str(tmp_path)).fit(editor, zoo_large_batches)
+        return float(editor.multiplier)
+
+    assert fit(0.0) > 1.0  # the surrogate gap is never 0: the multiplier grows
+    assert fit(1.0) == 0.0  # always met: it falls to 0 and stays there
+    with pytest.raises(ValueError, match="constraint='lagrangian' needs a requirement with a target"):
+        MetanetworkEditor("weight_pruning", constraint="lagrangian")
+    with pytest.raises(ValueError, match="constraint must be"):
+        MetanetworkEditor("bias_mitigation", constraint="barrier")
+    with pytest.raises(ValueError, match="multiplier_lr must be > 0"):
+        MetanetworkEditor("bias_mitigation", constraint="lagrangian", multiplier_lr=0.0)
+
+
+def test_single_threshold_meets_the_level_without_the_sensitive_attribute(zoo):
+    model = zoo.models[zoo.test_idx[0]]
+    xv, yv, sv = zoo.data.val_set.tensors
+    fair = BiasMitigation()
+    with torch.no_grad():
+        p = model(xv).softmax(-1)[:, 1]
+        base = fairness_differences(p, yv, sv)["eo_difference"]
+    free = fit_single_threshold(model, xv, yv, sv, fair, level=1.0)  # any gap allowed: the most accurate threshold
+    with torch.no_grad():
+        accs = [float(((p > t).long() == yv).float().mean()) for t in torch.linspace(0.01, 0.99, 97)]
+        assert float((free(xv).argmax(-1) == yv).float().mean()) == pytest.approx(max(accs), abs=1e-6)
+    level = float(base) * 0.8
+    clf = fit_single_threshold(model, xv, yv, sv, fair, level)
+    assert isinstance(clf, ThresholdClassifier)
+    with torch.no_grad():
+        gap = fairness_differences(clf(xv).softmax(-1)[:, 1], yv, sv)["eo_difference"]  # predicts from x alone
+    assert float(gap) <= level + 1e-6
+    group = fit_group_thresholds(model, xv, yv, sv, fair, level)  # more freedom: at least as accurate
+    with torch.no_grad():
+        assert (group(xv, sv).argmax(-1) == yv).float().mean() >= (clf(xv).argmax(-1) == yv).float().mean() - 1e-6
+
+
+def test_population_with_activations_and_held_out_architectures(zoo, tmp_path):
+    dm = ModelZooDataModule(num_models=16, widths=[8, 12], depths=[1, 2], epochs=[1], activations=["relu", "tanh"],
+                            heldout_widths=[12], heldout_depths=[2], split=(0.4, 0.3), root=str(tmp_path), data=zoo.data,
+                            seed=1)
+    dm.setup()
+    seen = dm.train_idx + dm.val_idx + dm.test_idx
+    assert sorted(seen + dm.heldout_arch_idx) == list(range(16)) and dm.val_idx and dm.test_idx
+    assert all(dm.configs[i]["hidden"] == [8] for i in seen)
+    assert all(dm.configs[i]["hidden"] != [8] for i in dm.heldout_arch_idx) and dm.heldout_arch_idx
+    kinds = {type(m[1]) for m in dm.models}
+    assert kinds == {nn.ReLU, nn.Tanh}
+    with pytest.raises(ValueError, match="cover every width or depth"):
+        ModelZooDataModule(widths=[8], heldout_widths=[8])
+    with pytest.raises(ValueError, match="Unknown activations"):
+        ModelZooDataModule(activations=["relu", "swish"])
+
+
+def test_population_cache_is_keyed_on_the_data(zoo):
+    from lightning_edit.data import AdultDataModule
+
+    other_rows = AdultDataModule(val_size=1000)  # other training rows, same configurations
+    other_rows.setup()
+    again = ModelZooDataModule(num_models=12, widths=[8, 16], depths=[1, 2], epochs=[1], root=str(zoo.root), seed=0,
+                               data=other_rows)
+    assert again.cache_path() != zoo.cache_path()
