@@ -92,8 +92,8 @@ class ModelZooDataModule(L.LightningDataModule):
     layers; e.g. :class:`~lightning_edit.data.DigitsDataModule`), split into train/val/test networks.
 
     Each network: hidden widths drawn from ``widths`` (``depth`` layers from ``depths``), an activation from
-    ``activations``, a seed, and ``epochs`` drawn from ``epochs`` of Adam (lr 1e-3, batch 256) on the training
-    rows. Networks are split into train/val/test *networks* (``split``). Networks with a width in
+    ``activations``, a seed, and ``epochs`` drawn from ``epochs`` of Adam (``train_lr``, batches of
+    ``train_batch_size``) on the training rows. Networks are split into train/val/test *networks* (``split``). Networks with a width in
     ``heldout_widths`` or a depth in ``heldout_depths`` (drawn as often as the others) are kept out of all three
     and form the ``heldout_arch_idx`` split: architectures the editor never saw, reported separately.
     The population is cached in ``root`` as tensors (``torch.save``; loaded with ``weights_only=True``) under a
@@ -122,12 +122,14 @@ class ModelZooDataModule(L.LightningDataModule):
         epochs: list[int] = (1, 2, 3), split: tuple[float, float] = (0.7, 0.15), graphs_per_batch: int = 8,
         root: str = "data/zoo", data_root: str = "data", data: TabularDataModule | TensorDataModule | None = None, seed: int = 0,
         activations: list[str] = ("relu",), heldout_widths: list[int] = (), heldout_depths: list[int] = (),
-        family: str = "mlp",
+        family: str = "mlp", train_lr: float = 1e-3, train_batch_size: int = 256,
     ) -> None:
         super().__init__()
         if family not in ("mlp", "cnn"):
             raise ValueError(f"family must be 'mlp' or 'cnn', got {family!r}.")
-        self.family = family
+        if train_lr <= 0 or train_batch_size < 1:
+            raise ValueError(f"train_lr must be > 0 and train_batch_size >= 1, got {train_lr} and {train_batch_size}.")
+        self.family, self.train_lr, self.train_batch_size = family, train_lr, train_batch_size
         if num_models < 1:
             raise ValueError("The population is empty: num_models must be >= 1.")
         unknown = sorted(set(activations) - set(_ACTIVATION_MODULES))
@@ -160,7 +162,7 @@ class ModelZooDataModule(L.LightningDataModule):
     def cache_path(self) -> Path:
         x, y, _ = split_tensors(self.data.train_set)
         digest = hashlib.sha1(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes()).hexdigest()[:12]
-        recipe = {"optimizer": "adam", "lr": 1e-3, "batch_size": 256, "data": type(self.data).__name__,
+        recipe = {"optimizer": "adam", "lr": self.train_lr, "batch_size": self.train_batch_size, "data": type(self.data).__name__,
                   "rows": len(y), "train_digest": digest}
         if self.family != "mlp":
             recipe["family"] = self.family
@@ -223,9 +225,9 @@ class ModelZooDataModule(L.LightningDataModule):
                 g = torch.Generator().manual_seed(cfg["seed"])
                 torch.manual_seed(cfg["seed"])
                 model = self.build(cfg)
-                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                opt = torch.optim.Adam(model.parameters(), lr=self.train_lr)
                 for _ in range(cfg["epochs"]):
-                    for idx in torch.randperm(len(y), generator=g).split(256):
+                    for idx in torch.randperm(len(y), generator=g).split(self.train_batch_size):
                         opt.zero_grad()
                         F.cross_entropy(model(x[idx]), y[idx]).backward()
                         opt.step()
