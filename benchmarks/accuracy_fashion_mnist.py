@@ -43,6 +43,34 @@ ARMS = {  # label -> (importance, feature site, class reduction)
     "LAMP (torch-pruning)": ("lamp", "conv", "min"),
     "random": ("random", "conv", "min"),
 }
+MODEL_PRUNING = "Lightning ModelPruning (L1-structured masks)"  # layer scope; as many channels masked as L1 removes
+
+
+@torch.no_grad()
+def latency_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int = 20) -> float:
+    """Median CPU latency of one forward pass of ``x`` (ms)."""
+    model.eval()
+    model(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def model_pruning_arm(module, amount: float) -> None:
+    """Lightning's ``ModelPruning`` callback, applied once through its own API: ``ln_structured`` masks (L1 norm,
+    output channels) of ``amount`` of the channels of every conv. The masks stay attached (fine-tuning keeps them);
+    the parameter count and the latency are the dense model's."""
+    from lightning.pytorch.callbacks import ModelPruning
+
+    convs = [(m, "weight") for m in module.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    callback = ModelPruning(pruning_fn="ln_structured", amount=amount, pruning_norm=1, pruning_dim=0,
+                            parameters_to_prune=convs, use_global_unstructured=False, make_pruning_permanent=True,
+                            verbose=0)
+    callback.setup(None, module, "fit")
+    callback.apply_pruning(amount)
 
 
 def trainer(epochs: int, seed: int | None = None) -> L.Trainer:
@@ -74,8 +102,11 @@ def main() -> None:
     ap.add_argument("--arch", choices=["vgg11", "resnet20"], default="vgg11", help="resnet20: option-B shortcuts")
     ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
     ap.add_argument("--finetune", action="store_true", help="also one fine-tuning epoch per arm (slow)")
+    ap.add_argument("--arms", nargs="+", default=None, help=f"subset of the arms (labels); '{MODEL_PRUNING}' needs 'L1 (filter)'")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    arms = {k: v for k, v in ARMS.items() if args.arms is None or k in args.arms}
+    with_model_pruning = args.arms is None or MODEL_PRUNING in args.arms
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
     tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
@@ -100,7 +131,7 @@ def main() -> None:
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         for scope in args.scopes:
             for sparsity in args.sparsities:
-                for label, (importance, site, reduction) in ARMS.items():
+                for label, (importance, site, reduction) in arms.items():
                     module = copy.deepcopy(base)
                     model = module.model
                     layers = prunable_layers(model)
@@ -122,6 +153,27 @@ def main() -> None:
                     print(f"  {scope:<6} {sparsity:.1f} {label:<44} params kept {kept:.3f}  no-FT {accs['no_ft']:.4f}  "
                           f"BN-recal {accs['recal']:.4f}" + (f"  1-ep FT {accs['ft']:.4f}" if "ft" in accs else ""),
                           flush=True)
+                    if label == "L1 (filter)" and scope == "layer" and with_model_pruning:
+                        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+                        dense_convs = [m for m in base.model.modules() if isinstance(m, torch.nn.Conv2d)]
+                        amount = 1 - sum(c.out_channels for c in convs) / sum(c.out_channels for c in dense_convs)
+                        masked = copy.deepcopy(base)
+                        model_pruning_arm(masked, amount)
+                        m_accs = {"no_ft": test_acc(masked.model, x_test, y_test)}
+                        recalibrate_batchnorm(masked.model, recal)
+                        m_accs["recal"] = test_acc(masked.model, x_test, y_test)
+                        if args.finetune:
+                            trainer(1).fit(masked, datamodule=dm)
+                            m_accs["ft"] = test_acc(masked.model, x_test, y_test)
+                        for col, v in m_accs.items():
+                            results.setdefault(f"{scope}|{sparsity}|{MODEL_PRUNING}|{col}", []).append(v)
+                        results.setdefault(f"{scope}|{sparsity}|{MODEL_PRUNING}|params_kept", []).append(1.0)
+                        results.setdefault(f"{scope}|{sparsity}|{MODEL_PRUNING}|channels_masked", []).append(amount)
+                        for name, net in (("masked", masked.model), ("l1_pruned", model), ("dense", base.model)):
+                            results.setdefault(f"{scope}|{sparsity}|latency_ms|{name}", []).append(latency_ms(net, x_test[:128]))
+                        print(f"  {scope:<6} {sparsity:.1f} {MODEL_PRUNING:<44} channels masked {amount:.3f}  no-FT "
+                              f"{m_accs['no_ft']:.4f}  BN-recal {m_accs['recal']:.4f}"
+                              + (f"  1-ep FT {m_accs['ft']:.4f}" if "ft" in m_accs else ""), flush=True)
 
     def cell(key: str) -> str:
         v = results.get(key)
@@ -138,7 +190,7 @@ def main() -> None:
              "|---|---|---|" + "---|" * len(cols)]
     for scope in args.scopes:
         for sparsity in args.sparsities:
-            for label in ARMS:
+            for label in list(arms) + ([MODEL_PRUNING] if with_model_pruning and scope == "layer" else []):
                 key = f"{scope}|{sparsity}|{label}"
                 lines.append(f"| {scope} | {sparsity:.0%} | {label} | " + " | ".join(cell(f"{key}|{c}") for c in cols) + " |")
     table = "\n".join(lines)
