@@ -36,6 +36,7 @@ ARMS = {  # label -> (importance, feature site, class reduction)
     "DISCEDIT (conv output)": ("discedit", "conv", "min"),
     "DISCEDIT (after BN+ReLU)": ("discedit", "activation", "min"),
     "DISCEDIT (after BN+ReLU, mean over classes)": ("discedit", "activation", "mean"),
+    "DISCEDIT (after BN+ReLU, max over classes)": ("discedit", "activation", "max"),
     "L1 (filter)": ("l1", "conv", "min"),
     "L2 (torch-pruning group)": ("tp_l2", "conv", "min"),
     "Taylor (torch-pruning)": ("taylor", "conv", "min"),
