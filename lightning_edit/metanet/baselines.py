@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_edit.metanet.graph import architecture
-from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement, fairness_differences
+from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement
 
 Masks = dict[str, Tensor]
 
@@ -87,6 +87,36 @@ class GroupThresholdClassifier(nn.Module):
         return torch.stack([torch.zeros_like(margin), margin], -1)
 
 
+def _threshold_pairs(p: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Fairness gap and accuracy ``(T, T)`` of every pair of decision thresholds ``t (T,)`` (group 0, group 1)
+    applied to ``P(y=1|x) = p (N,)``; the diagonal is one threshold for everyone. Vectorised over the grid.
+
+    Raises:
+        ValueError: for a sensitive attribute with other than two groups.
+    """
+    if requirement.num_groups != 2:
+        raise ValueError(f"Threshold post-processing searches two groups; the requirement has {requirement.num_groups}.")
+    stats = []
+    for g in (0, 1):
+        pg, yg = p[s == g], y[s == g]
+        decide = pg[None, :] > t[:, None]  # (T, n_g)
+        pos, neg = yg.eq(1), yg.eq(0)
+        tp, fp = (decide & pos).sum(1).float(), (decide & neg).sum(1).float()
+        correct = tp + (~decide & neg).sum(1).float()
+        stats.append({"selection": (tp + fp) / max(len(yg), 1), "tpr": tp / pos.sum().clamp_min(1),
+                      "fpr": fp / neg.sum().clamp_min(1), "correct": correct})
+    a, b = stats
+    gap = lambda k: (a[k][:, None] - b[k][None, :]).abs()  # noqa: E731
+    gaps = gap("selection") if requirement.metric == "demographic_parity" else torch.maximum(gap("tpr"), gap("fpr"))
+    return gaps, (a["correct"][:, None] + b["correct"][None, :]) / len(y)
+
+
+def _best_within(gaps: Tensor, acc: Tensor, level: float) -> int:
+    """Flat index of the most accurate entry with ``gap <= level``, or of the smallest gap if none."""
+    ok = gaps <= level + 1e-9
+    return int(torch.where(ok, acc, -1.0).argmax()) if ok.any() else int(gaps.argmin())
+
+
 @torch.no_grad()
 def fit_group_thresholds(model: nn.Module, x: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation, level: float,
                          grid: int = 49) -> GroupThresholdClassifier:
@@ -97,26 +127,9 @@ def fit_group_thresholds(model: nn.Module, x: Tensor, y: Tensor, s: Tensor, requ
     Raises:
         ValueError: for a sensitive attribute with other than two groups.
     """
-    if requirement.num_groups != 2:
-        raise ValueError(f"fit_group_thresholds searches two groups; the requirement has {requirement.num_groups}.")
     p = model(x).softmax(-1)[:, 1]
     t = torch.linspace(0.02, 0.98, grid, device=p.device)
-    stats = []
-    for g in (0, 1):
-        pg, yg = p[s == g], y[s == g]
-        decide = pg[None, :] > t[:, None]  # (grid, n_g)
-        pos, neg = yg.eq(1), yg.eq(0)
-        tp, fp = (decide & pos).sum(1).float(), (decide & neg).sum(1).float()
-        correct = tp + (~decide & neg).sum(1).float()
-        stats.append({"selection": (tp + fp) / max(len(yg), 1), "tpr": tp / pos.sum().clamp_min(1),
-                      "fpr": fp / neg.sum().clamp_min(1), "correct": correct})
-    a, b = stats
-    gap = lambda k: (a[k][:, None] - b[k][None, :]).abs()  # noqa: E731
-    gaps = gap("selection") if requirement.metric == "demographic_parity" else torch.maximum(gap("tpr"), gap("fpr"))
-    acc = (a["correct"][:, None] + b["correct"][None, :]) / len(y)
-    ok = gaps <= level + 1e-9
-    flat = torch.where(ok, acc, -1.0).argmax() if ok.any() else gaps.argmin()
-    i, j = divmod(int(flat), grid)
+    i, j = divmod(_best_within(*_threshold_pairs(p, y, s, requirement, t), level), grid)
     return GroupThresholdClassifier(model, torch.stack([t[i], t[j]]))
 
 
@@ -139,22 +152,18 @@ class ThresholdClassifier(nn.Module):
 @torch.no_grad()
 def fit_single_threshold(model: nn.Module, x: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation, level: float,
                          grid: int = 97) -> ThresholdClassifier:
-    """One decision threshold on ``(x, y, s)`` (validation data): the most accurate one whose fairness gap
-    (``requirement.metric``) is at most ``level``, or the smallest gap if none reaches it. ``s`` is used to
-    choose the threshold, never to predict. ``grid`` thresholds evenly spaced in (0, 1)."""
+    """One decision threshold on ``(x, y, s)`` (validation data; ``x (N, F)``, ``y (N,)``, ``s (N,)`` in {0, 1}):
+    the most accurate one whose fairness gap (``requirement.metric``) is at most ``level``, or the smallest gap
+    if none reaches it. ``s`` is used to choose the threshold, never to predict. ``grid`` thresholds evenly
+    spaced in (0, 1): the diagonal of the pairs :func:`fit_group_thresholds` searches.
+
+    Raises:
+        ValueError: for a sensitive attribute with other than two groups.
+    """
     p = model(x).softmax(-1)[:, 1]
     t = torch.linspace(0.01, 0.99, grid, device=p.device)
-    decide = p[None, :] > t[:, None]  # (grid, N)
-    gaps = torch.stack([requirement_gap(d.float(), y, s, requirement) for d in decide])
-    acc = decide.eq(y[None, :].bool()).float().mean(1)
-    ok = gaps <= level + 1e-9
-    best = int(torch.where(ok, acc, -1.0).argmax()) if ok.any() else int(gaps.argmin())
-    return ThresholdClassifier(model, float(t[best]))
-
-
-def requirement_gap(decisions: Tensor, y: Tensor, s: Tensor, requirement: BiasMitigation) -> Tensor:
-    """The exact gap named by ``requirement.metric`` of 0/1 ``decisions (N,)``."""
-    return fairness_differences(decisions, y, s, requirement.num_groups)[requirement.level_name]
+    gaps, acc = _threshold_pairs(p, y, s, requirement, t)
+    return ThresholdClassifier(model, float(t[_best_within(gaps.diagonal(), acc.diagonal(), level)]))
 
 
 def requirement_penalty(requirement: Requirement, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:

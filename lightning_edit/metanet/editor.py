@@ -178,10 +178,10 @@ class MetanetworkEditor(L.LightningModule):
         templates = self._templates(graph)
         params = self.edited_parameters(graph, out, templates)
         lagrangian = self.hparams.constraint == "lagrangian"
+        term = self.requirement.violation if lagrangian else self.requirement.loss
         reqs, jsds = [], []
         for t, p, net in zip(templates, params, self.split_output(graph, out)):
             logits = functional_call(t, p, (x,))
-            term = self.requirement.violation if lagrangian else self.requirement.loss
             reqs.append(term(net, logits, y, s))
             jsds.append(jensen_shannon(t(x).detach(), logits))
         req, jsd = torch.stack(reqs).mean(), torch.stack(jsds).mean()

@@ -84,7 +84,8 @@ def architecture(model: nn.Module) -> list[LayerSpec]:
 def graph_structure(specs: tuple[LayerSpec, ...]) -> dict[str, Tensor]:
     """The value-independent part of the neural graph of an architecture, computed once per architecture:
     ``node_layer (N,)``, ``pos (N,)``, ``act (N,)``, ``edge_index (2, E)``, ``edge_layer (E,)`` (see
-    :func:`to_graph`). Networks of one architecture share it; only edge and node values differ."""
+    :func:`to_graph`). Networks of one architecture share these tensors (do not modify them in place); only
+    edge and node values differ."""
     n_in, n_out, num_layers = specs[0].in_dim, specs[-1].out_dim, len(specs)
     layers, pos = [torch.zeros(n_in, dtype=torch.long)], [torch.arange(n_in)]
     act = [torch.zeros(n_in, dtype=torch.long)] + [torch.full((s.out_dim,), ACTIVATIONS.index(s.activation)) for s in specs]

@@ -27,17 +27,22 @@ _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu"
                        "elu": nn.ELU, "sigmoid": nn.Sigmoid}
 
 
+def _activation(name: str) -> type[nn.Module]:
+    if name not in _ACTIVATION_MODULES:
+        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATION_MODULES)}.")
+    return _ACTIVATION_MODULES[name]
+
+
 def make_mlp(in_dim: int, hidden: list[int], out_dim: int = 2, activation: str = "relu") -> nn.Sequential:
     """``Linear-activation`` blocks of widths ``hidden`` and a ``Linear`` output.
 
     Raises:
         ValueError: for an activation not in ``relu, tanh, gelu, silu, leaky_relu, elu, sigmoid``.
     """
-    if activation not in _ACTIVATION_MODULES:
-        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}.")
+    act = _activation(activation)
     layers: list[nn.Module] = []
     for w in hidden:
-        layers += [nn.Linear(in_dim, w), _ACTIVATION_MODULES[activation]()]
+        layers += [nn.Linear(in_dim, w), act()]
         in_dim = w
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -50,13 +55,12 @@ def make_cnn(in_channels: int, widths: list[int], num_classes: int = 10, activat
     Raises:
         ValueError: for an unknown activation (see :func:`make_mlp`) or no conv layer.
     """
-    if activation not in _ACTIVATION_MODULES:
-        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}.")
+    act = _activation(activation)
     if not widths:
         raise ValueError("make_cnn needs at least one conv width.")
     layers: list[nn.Module] = []
     for w in widths:
-        layers += [nn.Conv2d(in_channels, w, 3, padding=1), _ACTIVATION_MODULES[activation]()]
+        layers += [nn.Conv2d(in_channels, w, 3, padding=1), act()]
         in_channels = w
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
     return nn.Sequential(*layers)
@@ -157,6 +161,7 @@ class ModelZooDataModule(L.LightningDataModule):
         return configs
 
     def is_heldout_architecture(self, cfg: dict[str, Any]) -> bool:
+        """Whether a network configuration has a held-out depth or width (it then joins ``heldout_arch_idx``)."""
         return len(cfg["hidden"]) in self.heldout_depths or any(w in self.heldout_widths for w in cfg["hidden"])
 
     def cache_path(self) -> Path:
