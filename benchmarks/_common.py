@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from lightning_edit.data import DigitsDataModule, FashionMNISTDataModule
 from lightning_edit.models import VGG
+
+RESULTS = Path(__file__).resolve().parent / "results"
+"""Where every benchmark writes its table and ``results.json`` by default, whatever the working directory."""
 
 
 def datamodule(batch_size: int = 128, train_subset: int | None = None):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import datamodule, vgg
+from _common import RESULTS, datamodule, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
@@ -111,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
     tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
-    out = Path(args.out or f"benchmarks/results/accuracy_fashion_mnist_{tag}")
+    out = Path(args.out or RESULTS / f"accuracy_fashion_mnist_{tag}")
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
     dm.setup()
     x_test, y_test = dm.test_set.x, dm.test_set.y

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import datamodule
+from _common import RESULTS, datamodule
 
 from lightning_edit import EditableModule
 from lightning_edit.edit import FineTuneEditor
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--locality-reference", choices=["train", "eval"], default="train")
     ap.add_argument("--fixed-editor-lr", action="store_true", help="keep the editor lr at 1e-3 (the authors' CIFAR value)")
     ap.add_argument("--skip-finetune", action="store_true", help="leave out the Adam fine-tune arm (ablations)")
-    ap.add_argument("--out", default="benchmarks/results/editable_fashion_mnist")
+    ap.add_argument("--out", default=str(RESULTS / "editable_fashion_mnist"))
     args = ap.parse_args()
     torch.set_num_threads(2)
     dm, _ = datamodule(batch_size=128, train_subset=args.train_subset)

@@ -53,6 +53,8 @@ from lightning_edit.metanet.baselines import (
 )
 from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, WeightPruning
 
+from _common import RESULTS
+
 LEVELS = {  # requirement -> [(requirement arguments, editor arguments)]
     "weight_pruning": [({"sparsity": s}, {}) for s in (0.6, 0.8, 0.9)],
     "data_minimisation": [({"k": k, "unit": "attribute"}, {}) for k in (8, 4, 2)],
@@ -220,7 +222,7 @@ def main() -> None:
         args.requirements, args.soft_levels = "weight_pruning", []
     args.models = args.models or (256 if args.dataset == "digits-cnn" else 512)
     torch.set_num_threads(2)
-    out = Path(args.out or f"benchmarks/results/metanet_requirements_{args.dataset}")
+    out = Path(args.out or RESULTS / f"metanet_requirements_{args.dataset}")
     if args.dataset == "adult":
         zoo = ModelZooDataModule(num_models=args.models, widths=[16, 32, 64, 128], depths=[1, 2, 3], epochs=[1, 2, 3],
                                  activations=["relu", "tanh", "gelu"], heldout_widths=[128], heldout_depths=[3],

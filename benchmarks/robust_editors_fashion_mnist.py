@@ -24,7 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import datamodule, vgg
+from _common import RESULTS, datamodule, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.robust import (
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--locality-coef", type=float, default=1.0)
     ap.add_argument("--locality", choices=["kl", "ce"], default="kl")
     ap.add_argument("--only-locality", action="store_true", help="skip the arms without locality")
-    ap.add_argument("--out", default="benchmarks/results/robust_editors_fashion_mnist")
+    ap.add_argument("--out", default=str(RESULTS / "robust_editors_fashion_mnist"))
     args = ap.parse_args()
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", message=".*nothing holds the rest of the model fixed.*")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from _common import best_time, datamodule, vgg
+from _common import RESULTS, best_time, datamodule, vgg
 
 from lightning_edit.discedit import channel_scores, prunable_layers
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="benchmarks/results/scoring_overhead")
+    ap.add_argument("--out", default=str(RESULTS / "scoring_overhead"))
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import datamodule, vgg
+from _common import RESULTS, datamodule, vgg
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    out = Path(args.out or f"benchmarks/results/unlearning_fashion_mnist_{args.arch}")
+    out = Path(args.out or RESULTS / f"unlearning_fashion_mnist_{args.arch}")
     L.seed_everything(0, verbose=False)
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
     dm.setup()
