@@ -118,6 +118,37 @@ def main() -> None:
     example = torch.zeros(1, 1, side, side)
     results: dict[str, list[float]] = {}
     dense_accs = []
+
+    def write(quiet: bool = True) -> None:
+        """Table and results.json of the seeds done so far (written after every seed)."""
+        def cell(key: str) -> str:
+            v = results.get(key)
+            if not v:
+                return "—"
+            m, s = statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+            return f"{m:.3f} ± {s:.3f}"
+
+        cols = ["no_ft", "recal"] + (["ft"] if args.finetune else [])
+        names = {"no_ft": "no fine-tune", "recal": "BN-recalibrated", "ft": "1 fine-tuning epoch"}
+        lines = [f"Dense test accuracy {statistics.fmean(dense_accs):.3f} ± {statistics.stdev(dense_accs) if len(dense_accs) > 1 else 0:.3f} "
+                 f"({'VGG-11, width ' + format(args.width, 'g') if args.arch == 'vgg11' else 'ResNet-20 (option B)'}, {len(dense_accs)} seeds)", "",
+                 "| scope | param. sparsity | method | " + " | ".join(names[c] for c in cols) + " |",
+                 "|---|---|---|" + "---|" * len(cols)]
+        for scope in args.scopes:
+            for sparsity in args.sparsities:
+                for label in list(arms) + ([MODEL_PRUNING] if with_model_pruning and scope == "layer" else []):
+                    key = f"{scope}|{sparsity}|{label}"
+                    lines.append(f"| {scope} | {sparsity:.0%} | {label} | " + " | ".join(cell(f"{key}|{c}") for c in cols) + " |")
+        table = "\n".join(lines)
+        if not quiet:
+            print("\n" + table)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table + "\n")
+        (out / "results.json").write_text(json.dumps({"settings": vars(args), "seeds_done": len(dense_accs), "dense_test_accuracy": dense_accs,
+                                                      "results": results}, indent=2))
+        if not quiet:
+            print(f"written: {out}/table.md, results.json")
+
     for seed in range(args.seeds):
         L.seed_everything(seed, verbose=False)
         net = vgg(side, args.width) if args.arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
@@ -176,31 +207,8 @@ def main() -> None:
                               f"{m_accs['no_ft']:.4f}  BN-recal {m_accs['recal']:.4f}"
                               + (f"  1-ep FT {m_accs['ft']:.4f}" if "ft" in m_accs else ""), flush=True)
 
-    def cell(key: str) -> str:
-        v = results.get(key)
-        if not v:
-            return "—"
-        m, s = statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-        return f"{m:.3f} ± {s:.3f}"
-
-    cols = ["no_ft", "recal"] + (["ft"] if args.finetune else [])
-    names = {"no_ft": "no fine-tune", "recal": "BN-recalibrated", "ft": "1 fine-tuning epoch"}
-    lines = [f"Dense test accuracy {statistics.fmean(dense_accs):.3f} ± {statistics.stdev(dense_accs) if len(dense_accs) > 1 else 0:.3f} "
-             f"({'VGG-11, width ' + format(args.width, 'g') if args.arch == 'vgg11' else 'ResNet-20 (option B)'}, {args.seeds} seeds)", "",
-             "| scope | param. sparsity | method | " + " | ".join(names[c] for c in cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
-    for scope in args.scopes:
-        for sparsity in args.sparsities:
-            for label in list(arms) + ([MODEL_PRUNING] if with_model_pruning and scope == "layer" else []):
-                key = f"{scope}|{sparsity}|{label}"
-                lines.append(f"| {scope} | {sparsity:.0%} | {label} | " + " | ".join(cell(f"{key}|{c}") for c in cols) + " |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "dense_test_accuracy": dense_accs,
-                                                  "results": results}, indent=2))
-    print(f"written: {out}/table.md, results.json")
+        write()
+    write(quiet=False)
 
 
 if __name__ == "__main__":
