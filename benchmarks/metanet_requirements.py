@@ -7,8 +7,8 @@ Networks with 3 hidden layers or a 128-unit layer are *held-out architectures*: 
 separately. The rest is split into train / val / test networks. One metanetwork is trained per requirement and
 level (``--epochs``), with the same seed. Every method is scored on the same held-out networks, on all test rows:
 
-* weight pruning (60 / 80 / 90%): the metanetwork with straight-through top-k gates and the mask-aware round
-  (default), the same with the paper's soft gates (``--soft-levels``), global magnitude pruning, magnitude
+* weight pruning (60 / 80 / 90%): the metanetwork with straight-through top-k gates, the mask-aware round and a
+  per-layer floor (defaults; ``--layer-floor f`` keeps at least ``f · (1 - sparsity)`` of every layer, 0: none), the same with the paper's soft gates (``--soft-levels``), global magnitude pruning, magnitude
   pruning + 1 fine-tuning epoch (masks held), retraining under the masks;
 * data minimisation (keep 2 / 4 / 8 of 14 attributes): metanetwork, dropping the inputs with the smallest
   first-layer norm, that + 1 fine-tuning epoch, retraining;
@@ -209,6 +209,10 @@ def main() -> None:
     ap.add_argument("--requirements", default=",".join(LEVELS))
     ap.add_argument("--soft-levels", type=float, nargs="*", default=[0.8, 0.9],
                     help="pruning sparsities at which the soft-gate metanetwork (paper) is also trained")
+    ap.add_argument("--layer-floor", type=float, default=None,
+                    help="weight pruning: every layer keeps at least this fraction of the surviving density 1 - sparsity "
+                         "(min_layer_density = layer_floor * (1 - sparsity)); 0 = the paper's global top-k; "
+                         "default: the requirement's default (0.5)")
     ap.add_argument("--heldout-arch-networks", type=int, default=40, help="held-out-architecture networks scored")
     ap.add_argument("--ft-weight", type=float, default=1.0, help="requirement weight of the fine-tune/retrain losses")
     ap.add_argument("--speed-only", action="store_true",
@@ -262,6 +266,8 @@ def main() -> None:
     editors = {}
     for name in args.requirements.split(","):
         arms = [(r, e, "") for r, e in LEVELS[name]]
+        if name == "weight_pruning" and args.layer_floor is not None:
+            arms = [({**r, "min_layer_density": round(args.layer_floor * (1 - r["sparsity"]), 6)}, e, t) for r, e, t in arms]
         if name == "weight_pruning":
             arms += [({"sparsity": s, "gates": "soft"}, {"gate_conditioned": False}, "soft") for s in args.soft_levels]
         level_name, summaries = None, []

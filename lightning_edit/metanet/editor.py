@@ -15,7 +15,7 @@ from torch_geometric.data import Batch
 
 from lightning_edit.metanet.graph import architecture, to_graph, to_parameters
 from lightning_edit.metanet.model import GraphMetanetwork, MetanetOutput
-from lightning_edit.metanet.requirements import NetworkEdit, Requirement, make_requirement
+from lightning_edit.metanet.requirements import NetworkEdit, Requirement, WeightPruning, make_requirement
 
 
 def jensen_shannon(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -276,6 +276,9 @@ class MetanetworkEditor(L.LightningModule):
         checkpoint["requirement_state"] = self.requirement.state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_args = checkpoint.get("hyper_parameters", {}).get("requirement_args", {})
+        if isinstance(self.requirement, WeightPruning) and "min_layer_density" not in saved_args:
+            self.requirement.min_layer_density = 0.0  # saved before the per-layer floor: it edited by global top-k
         self.num_inputs = checkpoint.get("num_inputs")
         self.requirement.load_state(checkpoint.get("requirement_state", {}))
 

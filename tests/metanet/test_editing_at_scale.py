@@ -103,6 +103,24 @@ def test_kernel_level_pruning_counts_weights_not_edges():
         MetanetworkEditor("weight_pruning", hidden=8, num_layers=1).edit(cnn)
 
 
+def test_layer_floor_keeps_every_layer_alive_within_the_same_budget():
+    from lightning_edit.metanet import LayerSpec
+
+    # layer 1: 8 edges with the lowest logits; layer 2: 2 edges. Global top-k at 70% (7 removed) leaves 1 in layer 1.
+    specs = [LayerSpec("a", "linear", 4, 2), LayerSpec("b", "linear", 2, 1)]
+    logits = torch.tensor([-8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 1.0, 2.0])
+    net = NetworkEdit(specs, logits, logits.new_zeros(0))
+    assert WeightPruning(sparsity=0.7, min_layer_density=0).edge_mask(net, hard=True).tolist() == [0.0] * 7 + [1.0] * 3
+    # a floor of 0.25 keeps ceil(0.25 * 8) = 2 of layer 1 (its highest logits) and 1 of layer 2; the 7th removal
+    # moves to layer 2's weaker edge
+    mask = WeightPruning(sparsity=0.7, min_layer_density=0.25).edge_mask(net, hard=True)
+    assert mask.tolist() == [0.0] * 6 + [1.0, 1.0] + [0.0, 1.0]
+    assert int(mask.eq(0).sum()) == 7
+    assert WeightPruning(sparsity=0.7).min_layer_density == pytest.approx(0.15)  # default: half of 1 - sparsity
+    with pytest.raises(ValueError, match="min_layer_density must be in"):
+        WeightPruning(sparsity=0.7, min_layer_density=0.35)
+
+
 def test_weight_changes_see_the_mask_only_when_gate_conditioned():
     torch.manual_seed(0)
     g = Batch.from_data_list([to_graph(make_mlp(6, [5], 2))])

@@ -130,6 +130,19 @@ def test_checkpoint_round_trip_keeps_the_requirement_state(zoo, tmp_path):
         assert torch.equal(p, q)
 
 
+def test_pruning_checkpoint_keeps_its_layer_floor_and_older_ones_reload_without_one(tmp_path):
+    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.8}, hidden=8, num_layers=1)
+    assert editor.requirement.min_layer_density == pytest.approx(0.1)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.strategy.connect(editor)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    assert MetanetworkEditor.load_from_checkpoint(tmp_path / "new.ckpt").requirement.min_layer_density == pytest.approx(0.1)
+    old = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    del old["hyper_parameters"]["requirement_args"]["min_layer_density"]  # as saved before the floor existed
+    torch.save(old, tmp_path / "old.ckpt")
+    assert MetanetworkEditor.load_from_checkpoint(tmp_path / "old.ckpt").requirement.min_layer_density == 0.0
+
+
 # ---------------------------------------------------------------- bias mitigation
 def test_training_lowers_equalized_odds_on_held_out_networks(zoo_large_batches, tmp_path):
     zoo = zoo_large_batches
