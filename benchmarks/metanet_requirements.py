@@ -21,7 +21,7 @@ level (``--epochs``), with the same seed. Every method is scored on the same hel
 3×3 kernels, global pooling, a linear classifier; a 32-channel layer is a held-out architecture) trained 15-45
 epochs (Adam lr 1e-2, batch 64) on the 8×8 digits, and weight pruning only.
 The metanetwork removes whole kernels (an edge of the neural graph is a 3×3 kernel); magnitude pruning
-removes single weights, at the same weight sparsity.
+removes single weights, kernel-norm pruning whole kernels (by RMS), at the same weight sparsity.
 
 Mean ± std over held-out networks. Writes ``table.md``, ``results.json`` and ``pareto_<requirement>.png``.
 
@@ -110,6 +110,9 @@ def score(editor: MetanetworkEditor, zoo, indices: list[int], ft_weight: float, 
         if isinstance(req, WeightPruning):
             (post, masks), pre_ms = timed(lambda: magnitude_prune(model, req.sparsity))
             add("magnitude pruning", measure(req, post, xs, ys, ss), pre_ms)
+            if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):  # the editor's granularity: whole kernels
+                (kernels, _), ms = timed(lambda: magnitude_prune(model, req.sparsity, granularity="kernel"))
+                add("kernel-norm pruning", measure(req, kernels, xs, ys, ss), ms)
         elif isinstance(req, DataMinimisation):
             (post, masks), pre_ms = timed(lambda: drop_inputs(model, select_inputs_by_norm(model, req)))
             add("drop smallest-norm inputs", measure(req, post, xs, ys, ss), pre_ms)

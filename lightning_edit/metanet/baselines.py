@@ -24,20 +24,36 @@ def _weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def magnitude_prune(model: nn.Module, sparsity: float) -> tuple[nn.Module, Masks]:
-    """Post-processing for weight pruning: a copy with the ``round(sparsity · W)`` smallest-magnitude weights
-    (global over layers) set to zero, and the masks ``{parameter name: 0/1 tensor}``."""
+def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weight") -> tuple[nn.Module, Masks]:
+    """Post-processing for weight pruning: a copy with the smallest weights (global over layers) set to zero,
+    and the masks ``{parameter name: 0/1 tensor}``.
+
+    ``granularity="weight"``: the ``round(sparsity · W)`` smallest-magnitude weights. ``"kernel"``: whole conv
+    kernels ranked by their RMS (L2 norm / √(k·k), comparable with a single weight's magnitude) and linear weights
+    by magnitude, removed from the smallest until ``round(sparsity · W)`` weights are: the granularity of a
+    metanetwork editor whose edges are kernels (:class:`~lightning_edit.metanet.requirements.WeightPruning`).
+
+    Raises:
+        ValueError: an unknown ``granularity``.
+    """
+    if granularity not in ("weight", "kernel"):
+        raise ValueError(f"granularity must be 'weight' or 'kernel', got {granularity!r}.")
     pruned = copy.deepcopy(model)
     weights = _weights(pruned)
-    flat = torch.cat([w.abs().flatten() for w in weights.values()])
-    k = int(round(sparsity * len(flat)))
-    keep = torch.ones_like(flat)
-    keep[torch.argsort(flat)[:k]] = 0.0
+    units = {n: (w.flatten(2).norm(dim=-1) / w[0, 0].numel() ** 0.5 if granularity == "kernel" and w.dim() > 2 else w.abs())
+             for n, w in weights.items()}  # per unit: (out, in) for kernels, the weight's own shape otherwise
+    score = torch.cat([u.flatten() for u in units.values()])
+    size = torch.cat([torch.full((u.numel(),), weights[n].numel() // u.numel(), device=score.device) for n, u in units.items()])
+    order = torch.argsort(score)
+    removed = int(torch.searchsorted(size[order].cumsum(0), int(round(sparsity * int(size.sum()))), right=True))
+    keep = torch.ones_like(score)
+    keep[order[:removed]] = 0.0
     masks, start = {}, 0
     for name, w in weights.items():
-        masks[name] = keep[start : start + w.numel()].view_as(w)
+        unit_keep = keep[start : start + units[name].numel()].view_as(units[name])
+        masks[name] = unit_keep.view(*unit_keep.shape, *[1] * (w.dim() - unit_keep.dim())).expand_as(w).clone()
         w.mul_(masks[name])
-        start += w.numel()
+        start += units[name].numel()
     return pruned, masks
 
 

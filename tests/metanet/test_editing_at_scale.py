@@ -97,10 +97,28 @@ def test_kernel_level_pruning_counts_weights_not_edges():
     editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3)
     edited = editor.edit(cnn)
     w = torch.cat([edited[0].weight.flatten(), edited[4].weight.flatten()])  # 36 + 12 = 48 weights
-    assert 0.6 - 9 / 48 <= float(w.eq(0).float().mean()) <= 0.6
+    assert round(0.6 * 48) - 9 < int(w.eq(0).sum()) <= round(0.6 * 48)  # within one kernel of round(s · W)
     assert torch.equal(edited[0].weight.eq(0).flatten(2).all(-1), edited[0].weight.eq(0).flatten(2).any(-1))  # whole kernels
     with pytest.raises(ValueError, match="exceeds max_kernel=1"):
         MetanetworkEditor("weight_pruning", hidden=8, num_layers=1).edit(cnn)
+
+
+def test_kernel_magnitude_pruning_removes_whole_kernels_by_rms():
+    from lightning_edit.metanet.baselines import magnitude_prune
+
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        cnn[0].weight.copy_(torch.stack([torch.full((1, 3, 3), 0.1), torch.full((1, 3, 3), 2.0)]))  # RMS 0.1 and 2.0
+        cnn[4].weight.copy_(torch.tensor([[0.05, 3.0], [0.5, 1.0]]))
+    # W = 18 + 4 = 22; 50% -> 11 weights: the 0.05 weight (1), then the RMS-0.1 kernel (9); the next, 0.5, would make 11
+    pruned, masks = magnitude_prune(cnn, 0.5, granularity="kernel")
+    assert pruned[0].weight[0].eq(0).all() and pruned[0].weight[1].ne(0).all()
+    assert pruned[4].weight.eq(0).tolist() == [[True, False], [True, False]]
+    assert torch.equal(masks["0.weight"].bool(), pruned[0].weight.ne(0))
+    per_weight, _ = magnitude_prune(cnn, 0.5)  # the same budget over single weights
+    assert int(sum(p.eq(0).sum() for p in (per_weight[0].weight, per_weight[4].weight))) == 11
+    with pytest.raises(ValueError, match="granularity"):
+        magnitude_prune(cnn, 0.5, granularity="channel")
 
 
 def test_layer_floor_keeps_every_layer_alive_within_the_same_budget():
