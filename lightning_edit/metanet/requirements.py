@@ -156,7 +156,7 @@ class WeightPruning(Requirement):
         last (only when the rounded-up floors exceed the survivors, by at most one edge per layer, does the
         budget take one of them)."""
         keep = torch.ones_like(logits)
-        if self.min_layer_density > 0 and layer_edges is not None:
+        if self.min_layer_density > 0 and layer_edges:
             ranked = logits.clone()
             for segment in ranked.split(layer_edges):
                 floor = math.ceil(self.min_layer_density * len(segment))
