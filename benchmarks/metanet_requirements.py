@@ -8,8 +8,9 @@ separately. The rest is split into train / val / test networks. One metanetwork 
 level (``--epochs``), with the same seed. Every method is scored on the same held-out networks, on all test rows:
 
 * weight pruning (60 / 80 / 90%): the metanetwork with straight-through top-k gates, the mask-aware round and a
-  per-layer floor (defaults; ``--layer-floor f`` keeps at least ``f · (1 - sparsity)`` of every layer, 0: none), the same with the paper's soft gates (``--soft-levels``), global magnitude pruning, magnitude
-  pruning + 1 fine-tuning epoch (masks held), retraining under the masks;
+  per-layer floor (defaults; ``--layer-floor f`` keeps at least ``f · (1 - sparsity)`` of every layer, 0: none),
+  the same with the paper's soft gates (``--soft-levels``), global magnitude pruning, magnitude pruning + 1
+  fine-tuning epoch (masks held), retraining under the masks;
 * data minimisation (keep 2 / 4 / 8 of 14 attributes): metanetwork, dropping the inputs with the smallest
   first-layer norm, that + 1 fine-tuning epoch, retraining;
 * bias mitigation (equalized odds, Lagrangian targets on the surrogate gap): metanetwork, one re-tuned decision

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_edit.metanet.graph import architecture
-from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement
+from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, Requirement, WeightPruning
 
 Masks = dict[str, Tensor]
 
@@ -34,7 +34,7 @@ def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weigh
     metanetwork editor whose edges are kernels (:class:`~lightning_edit.metanet.requirements.WeightPruning`).
 
     Raises:
-        ValueError: an unknown ``granularity``.
+        ValueError: an unknown ``granularity``; a sparsity outside [0, 1).
     """
     if granularity not in ("weight", "kernel"):
         raise ValueError(f"granularity must be 'weight' or 'kernel', got {granularity!r}.")
@@ -44,10 +44,7 @@ def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weigh
              for n, w in weights.items()}  # per unit: (out, in) for kernels, the weight's own shape otherwise
     score = torch.cat([u.flatten() for u in units.values()])
     size = torch.cat([torch.full((u.numel(),), weights[n].numel() // u.numel(), device=score.device) for n, u in units.items()])
-    order = torch.argsort(score)
-    removed = int(torch.searchsorted(size[order].cumsum(0), int(round(sparsity * int(size.sum()))), right=True))
-    keep = torch.ones_like(score)
-    keep[order[:removed]] = 0.0
+    keep = WeightPruning(sparsity=sparsity, min_layer_density=0.0).hard_gates(score, size if granularity == "kernel" else None)
     masks, start = {}, 0
     for name, w in weights.items():
         unit_keep = keep[start : start + units[name].numel()].view_as(units[name])
