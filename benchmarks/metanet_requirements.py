@@ -222,6 +222,8 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true",
                     help="only the speed section, with an untrained weight-pruning editor of the same size (its compute "
                          "does not depend on its weights); merged into an existing results.json")
+    ap.add_argument("--editor", type=json.loads, default={},
+                    help='extra MetanetworkEditor arguments for every editor, JSON, e.g. \'{"hidden": 16, "gate_prior": "magnitude"}\'')
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lightning_edit" / "zoo"),
                     help="where the trained population is cached (outside the repository)")
@@ -249,7 +251,7 @@ def main() -> None:
           f"{len(zoo.heldout_arch_idx)} of held-out architectures ({len(heldout_arch)} scored); population ready in "
           f"{build_ms / 1000:.0f} s")
     if args.speed_only:
-        editor = MetanetworkEditor("weight_pruning", LEVELS["weight_pruning"][0][0], kernel_size=zoo.max_kernel)
+        editor = MetanetworkEditor("weight_pruning", LEVELS["weight_pruning"][0][0], kernel_size=zoo.max_kernel, **args.editor)
         editor.requirement.setup(zoo.data)
         results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
         results["speed_ms_per_network"] = speed(editor.eval(), zoo, args.ft_weight)
@@ -269,11 +271,11 @@ def main() -> None:
 
     editors = {}
     for name in args.requirements.split(","):
-        arms = [(r, e, "") for r, e in LEVELS[name]]
+        arms = [(r, {**e, **args.editor}, "") for r, e in LEVELS[name]]
         if name == "weight_pruning" and args.layer_floor is not None:
             arms = [({**r, "min_layer_density": round(args.layer_floor * (1 - r["sparsity"]), 6)}, e, t) for r, e, t in arms]
         if name == "weight_pruning":
-            arms += [({"sparsity": s, "gates": "soft"}, {"gate_conditioned": False}, "soft") for s in args.soft_levels]
+            arms += [({"sparsity": s, "gates": "soft"}, {**args.editor, "gate_conditioned": False}, "soft") for s in args.soft_levels]
         level_name, summaries = None, []
         report.append(f"## {name}\n")
         for req_args, editor_args, tag in arms:

@@ -75,11 +75,14 @@ class MetanetworkEditor(L.LightningModule):
         multiplier_lr: the dual step size.
         kernel_size: the largest conv kernel the editor reads (1 for MLPs; 3 for :func:`make_cnn` populations):
             edge features are ``kernel_size²`` values, smaller kernels and linear weights zero-padded.
+        gate_bias, gate_prior, gate_granularity: initial gate logit, the magnitude prior of the edge gates, and
+            one gate per edge or per kernel weight (:class:`GraphMetanetwork`; ``"weight"`` is for weight pruning).
 
     Raises:
         ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
             ``constraint``, ``"lagrangian"`` for a requirement without a target, a non-positive
-            ``multiplier_lr``, a ``kernel_size`` below 1 (at construction); a requirement the data cannot meet,
+            ``multiplier_lr``, a ``kernel_size`` below 1, an unknown ``gate_prior`` or ``gate_granularity``,
+            ``gate_granularity="weight"`` for a requirement other than weight pruning (at construction); a requirement the data cannot meet,
             e.g. ``k`` above the number of inputs or no sensitive attribute, or a population whose kernels differ
             from ``kernel_size`` (at ``setup``).
     """
@@ -87,7 +90,8 @@ class MetanetworkEditor(L.LightningModule):
     def __init__(self, requirement: str = "weight_pruning", requirement_args: dict[str, Any] | None = None, lam: float = 1.0,
                  hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
                  requirement_weight: float = 10.0, gate_conditioned: bool = True, constraint: str = "penalty",
-                 multiplier_lr: float = 0.5, kernel_size: int = 1) -> None:
+                 multiplier_lr: float = 0.5, kernel_size: int = 1, gate_bias: float = 4.0, gate_prior: str = "none",
+                 gate_granularity: str = "edge") -> None:
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
@@ -99,14 +103,20 @@ class MetanetworkEditor(L.LightningModule):
         if constraint == "lagrangian" and not hasattr(self.requirement, "violation"):
             raise ValueError(f"constraint='lagrangian' needs a requirement with a target (bias_mitigation); "
                              f"{self.requirement.name!r} is held exactly by its gates: use constraint='penalty'.")
+        if gate_granularity == "weight" and not isinstance(self.requirement, WeightPruning):
+            raise ValueError(f"gate_granularity='weight' gates single kernel weights, which only weight_pruning uses; "
+                             f"{self.requirement.name!r} gates edges or inputs: use gate_granularity='edge'.")
         if multiplier_lr <= 0:
             raise ValueError(f"multiplier_lr must be > 0, got {multiplier_lr}.")
         self.save_hyperparameters({"requirement": self.requirement.name, "requirement_args": self.requirement.arguments(),
                                    "lam": lam, "hidden": hidden, "num_layers": num_layers, "num_positions": num_positions,
                                    "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight,
                                    "gate_conditioned": gate_conditioned, "constraint": constraint,
-                                   "multiplier_lr": multiplier_lr, "kernel_size": kernel_size})
-        self.metanet = GraphMetanetwork(kernel_size**2, num_positions, max_layers, hidden, num_layers, gate_conditioned=gate_conditioned)
+                                   "multiplier_lr": multiplier_lr, "kernel_size": kernel_size, "gate_bias": gate_bias,
+                                   "gate_prior": gate_prior, "gate_granularity": gate_granularity})
+        self.metanet = GraphMetanetwork(kernel_size**2, num_positions, max_layers, hidden, num_layers, gate_bias=gate_bias,
+                                        gate_conditioned=gate_conditioned, gate_prior=gate_prior,
+                                        gate_granularity=gate_granularity)
         self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
         self.num_inputs: int | None = None
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
@@ -151,7 +161,7 @@ class MetanetworkEditor(L.LightningModule):
         edges = zip(graph.edge_attr.split(edge_counts), out.delta_edge.split(edge_counts), masks)
         nodes = zip(graph.bias.split(node_counts), out.delta_node.split(node_counts))
         for template, specs, (w, dw, gate), (b, db) in zip(templates, graph.specs, edges, nodes):
-            w = w + dw if gate is None else (w + dw) * gate[:, None]
+            w = w + dw if gate is None else (w + dw) * gate.reshape(len(gate), -1)
             params.append(to_parameters(specs, w, b + db, template))
         return params
 

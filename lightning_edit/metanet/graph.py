@@ -83,24 +83,25 @@ def architecture(model: nn.Module) -> list[LayerSpec]:
 @functools.lru_cache(maxsize=256)
 def graph_structure(specs: tuple[LayerSpec, ...]) -> dict[str, Tensor]:
     """The value-independent part of the neural graph of an architecture, computed once per architecture:
-    ``node_layer (N,)``, ``pos (N,)``, ``act (N,)``, ``edge_index (2, E)``, ``edge_layer (E,)`` (see
+    ``node_layer (N,)``, ``pos (N,)``, ``act (N,)``, ``edge_index (2, E)``, ``edge_layer (E,)``, ``edge_size (E,)`` (see
     :func:`to_graph`). Networks of one architecture share these tensors (do not modify them in place); only
     edge and node values differ."""
     n_in, n_out, num_layers = specs[0].in_dim, specs[-1].out_dim, len(specs)
     layers, pos = [torch.zeros(n_in, dtype=torch.long)], [torch.arange(n_in)]
     act = [torch.zeros(n_in, dtype=torch.long)] + [torch.full((s.out_dim,), ACTIVATIONS.index(s.activation)) for s in specs]
-    src, dst, elayer = [], [], []
+    src, dst, elayer, esize = [], [], [], []
     offset_prev, offset = 0, n_in
     for li, s in enumerate(specs, start=1):
         src.append(offset_prev + torch.arange(s.in_dim).repeat(s.out_dim))  # output-major, input-minor
         dst.append(offset + torch.arange(s.out_dim).repeat_interleave(s.in_dim))
         elayer.append(torch.full((s.in_dim * s.out_dim,), li))
+        esize.append(torch.full((s.in_dim * s.out_dim,), s.kernel**2))
         layers.append(torch.full((s.out_dim,), li))
         last = li == num_layers
         pos.append(n_in + torch.arange(n_out) if last else torch.full((s.out_dim,), n_in + n_out + li - 1))
         offset_prev, offset = offset, offset + s.out_dim
     return {"node_layer": torch.cat(layers), "pos": torch.cat(pos), "act": torch.cat(act), "edge_index": torch.stack([torch.cat(src), torch.cat(dst)]),
-            "edge_layer": torch.cat(elayer)}
+            "edge_layer": torch.cat(elayer), "edge_size": torch.cat(esize)}
 
 
 def _check_finite(model: nn.Module) -> None:
@@ -133,7 +134,8 @@ def to_graph(model: nn.Module, max_kernel: int | None = None) -> Data:
     Attributes of the result (N nodes, E edges, K = ``max_kernel``, L layers):
         ``bias (N,)``, ``node_layer (N,)`` (0 = input), ``pos (N,)`` positional id (see module doc), ``act (N,)``
         activation id (:data:`ACTIVATIONS`),
-        ``edge_index (2, E)``, ``edge_attr (E, K·K)``, ``edge_layer (E,)`` (1-based), ``num_nodes``,
+        ``edge_index (2, E)``, ``edge_attr (E, K·K)``, ``edge_layer (E,)`` (1-based), ``edge_size (E,)`` (weights
+        per edge before padding: the layer's kernel size squared, 1 for linear layers), ``num_nodes``,
         ``num_inputs``, ``num_outputs``, ``specs`` (list of :class:`LayerSpec`).
     The structure (indices, positions, layers) is cached per architecture (:func:`graph_structure`).
 

@@ -15,6 +15,7 @@ Requirements are chosen by name (``"weight_pruning"``, ``"data_minimisation"``, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -92,6 +93,20 @@ def _first_layer_edges(specs: list[LayerSpec], input_mask: Tensor, num_edges: in
     return torch.cat([first, rest])
 
 
+@functools.lru_cache(maxsize=256)
+def _real_weights(specs: tuple[LayerSpec, ...], kernel_dim: int) -> Tensor:
+    """``(E, kernel_dim)`` bool: which entries of the zero-padded edge features are weights of the network (the
+    centred ``k × k`` block of each layer's edges), in :func:`~lightning_edit.metanet.graph.to_graph`'s order."""
+    side = math.isqrt(kernel_dim)
+    parts = []
+    for spec in specs:
+        block = torch.zeros(side, side, dtype=torch.bool)
+        pad = (side - spec.kernel) // 2
+        block[pad : pad + spec.kernel, pad : pad + spec.kernel] = True
+        parts.append(block.flatten().expand(spec.in_dim * spec.out_dim, kernel_dim))
+    return torch.cat(parts)
+
+
 def _weights_of(params: dict[str, Tensor], specs: list[LayerSpec]) -> list[Tensor]:
     """The weight tensors of the layers ``specs`` in ``params``, in forward order."""
     return [params[f"{s.name}.weight"] for s in specs]
@@ -111,6 +126,9 @@ class WeightPruning(Requirement):
       output, and the mask-aware round of :class:`GraphMetanetwork` can learn to compensate the pruned weights.
     * ``"soft"``: gates ``sigmoid(logit)`` multiply the weights (the paper's relaxation); the exact top-k at
       edit time then differs from what was trained.
+
+    With one gate logit per kernel weight (``(E, K·K)``, ``MetanetworkEditor(gate_granularity="weight")``) the
+    mask is unstructured: exactly ``round(sparsity · W)`` single weights, kernel padding excluded.
 
     Loss (both): ``relu(mean(sigmoid(logit)) - (1 - sparsity))²``, which keeps the soft gates on budget.
     Measure: ``sparsity`` = fraction of zero weights (``level``).
@@ -180,6 +198,15 @@ class WeightPruning(Requirement):
                           for s in net.specs])
 
     def edge_mask(self, net: NetworkEdit, hard: bool) -> Tensor:
+        if net.edge_logits.dim() == 2:  # one gate per kernel weight: an unstructured mask on the real weights
+            real = _real_weights(tuple(net.specs), net.edge_logits.shape[1]).to(net.edge_logits.device)
+            logits, layer_weights = net.edge_logits[real], [s.in_dim * s.out_dim * s.kernel**2 for s in net.specs]
+            mask = net.edge_logits.new_ones(net.edge_logits.shape)
+            keep = self.hard_gates(logits.detach(), None, layer_weights)
+            if not hard:
+                soft = self.soft_gates(logits)
+                keep = soft if self.gates == "soft" else keep + soft - soft.detach()
+            return mask.index_put((real,), keep)
         sizes, layer_edges = self.edge_sizes(net), [s.in_dim * s.out_dim for s in net.specs]
         if hard:
             return self.hard_gates(net.edge_logits.detach(), sizes, layer_edges)
@@ -189,8 +216,12 @@ class WeightPruning(Requirement):
         return self.hard_gates(net.edge_logits.detach(), sizes, layer_edges) + soft - soft.detach()
 
     def loss(self, net: NetworkEdit, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
-        soft, sizes = self.soft_gates(net.edge_logits), self.edge_sizes(net)
-        kept = soft.mean() if sizes is None else (soft * sizes).sum() / sizes.sum()
+        if net.edge_logits.dim() == 2:
+            real = _real_weights(tuple(net.specs), net.edge_logits.shape[1]).to(net.edge_logits.device)
+            kept = self.soft_gates(net.edge_logits[real]).mean()
+        else:
+            soft, sizes = self.soft_gates(net.edge_logits), self.edge_sizes(net)
+            kept = soft.mean() if sizes is None else (soft * sizes).sum() / sizes.sum()
         return torch.relu(kept - (1.0 - self.sparsity)) ** 2
 
     def measure(self, forward, params, specs, x, y, s) -> dict[str, Tensor]:

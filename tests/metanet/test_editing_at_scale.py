@@ -121,6 +121,57 @@ def test_kernel_magnitude_pruning_removes_whole_kernels_by_rms():
         magnitude_prune(cnn, 0.5, granularity="channel")
 
 
+def test_untrained_editor_with_magnitude_prior_prunes_as_magnitude_pruning():
+    from lightning_edit.metanet.baselines import magnitude_prune
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 3))
+    for granularity, gates in (("weight", "weight"), ("kernel", "edge")):
+        editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.7, "min_layer_density": 0}, hidden=8, num_layers=1,
+                                   kernel_size=3, gate_prior="magnitude", gate_granularity=gates).eval()
+        edited, _ = editor.edit(cnn), None
+        post, _ = magnitude_prune(cnn, 0.7, granularity=granularity)
+        for a, b in zip(edited.parameters(), post.parameters()):
+            if a.dim() > 1:  # the same zeros; the surviving weights carry the untrained editor's small changes
+                assert torch.equal(a.eq(0), b.eq(0))
+    weights = [p for p in edited.parameters() if p.dim() > 1]  # kernel granularity: whole kernels
+    assert torch.equal(weights[0].eq(0).flatten(2).all(-1), weights[0].eq(0).flatten(2).any(-1))
+    without = MetanetworkEditor("weight_pruning", {"sparsity": 0.7}, hidden=8, num_layers=1, kernel_size=3).eval()
+    assert without.metanet.prior_scale is None
+
+
+def test_weight_granularity_gates_prune_exactly_round_s_w_single_weights():
+    from lightning_edit.metanet import LayerSpec
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3,
+                               gate_granularity="weight")
+    # the straight-through mask in training: padding excluded from the budget, gradients reach every real gate
+    specs = [LayerSpec("c", "conv", 1, 2, 3), LayerSpec("l", "linear", 2, 1)]  # 18 + 2 real weights of 4 x 9 entries
+    logits = torch.randn(4, 9, requires_grad=True)
+    mask = WeightPruning(sparsity=0.5).edge_mask(NetworkEdit(specs, logits, logits.new_zeros(0)), hard=False)
+    padding = torch.ones(4, 9, dtype=torch.bool)
+    padding[:2] = False
+    padding[2:, 4] = False  # a linear weight sits at the centre of its padded 3x3 edge feature
+    assert mask[padding].eq(1).all() and int(mask[~padding].detach().eq(0).sum()) == 10
+    mask.sum().backward()
+    assert logits.grad[~padding].ne(0).all() and logits.grad[padding].eq(0).all()
+    for _ in range(2):  # an untrained editor and the same editor on a second network
+        edited = editor.edit(cnn)
+        w = torch.cat([edited[0].weight.flatten(), edited[4].weight.flatten()])  # 36 + 12 = 48 weights
+        assert int(w.eq(0).sum()) == round(0.6 * 48)
+        assert not torch.equal(edited[0].weight.eq(0).flatten(2).all(-1), edited[0].weight.eq(0).flatten(2).any(-1))
+        cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="gate_granularity='weight' gates single kernel weights"):
+        MetanetworkEditor("data_minimisation", {"k": 2}, gate_granularity="weight")
+    with pytest.raises(ValueError, match="gate_granularity must be"):
+        MetanetworkEditor("weight_pruning", gate_granularity="channel")
+    with pytest.raises(ValueError, match="gate_prior must be"):
+        MetanetworkEditor("weight_pruning", gate_prior="taylor")
+
+
 def test_layer_floor_keeps_every_layer_alive_within_the_same_budget():
     from lightning_edit.metanet import LayerSpec
 
