@@ -111,6 +111,9 @@ def score(editor: MetanetworkEditor, zoo, indices: list[int], ft_weight: float, 
         if isinstance(req, WeightPruning):
             (post, masks), pre_ms = timed(lambda: magnitude_prune(model, req.sparsity))
             add("magnitude pruning", measure(req, post, xs, ys, ss), pre_ms)
+            if req.min_layer_density > 0:  # the editor's budget rule: the same per-layer floor
+                floored, ms = timed(lambda: magnitude_prune(model, req.sparsity, min_layer_density=req.min_layer_density)[0])
+                add("magnitude pruning (layer floor)", measure(req, floored, xs, ys, ss), ms)
             if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):  # the editor's granularity: whole kernels
                 (kernels, _), ms = timed(lambda: magnitude_prune(model, req.sparsity, granularity="kernel"))
                 add("kernel-norm pruning", measure(req, kernels, xs, ys, ss), ms)

@@ -24,7 +24,8 @@ def _weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weight") -> tuple[nn.Module, Masks]:
+def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weight",
+                    min_layer_density: float = 0.0) -> tuple[nn.Module, Masks]:
     """Post-processing for weight pruning: a copy with the smallest weights (global over layers) set to zero,
     and the masks ``{parameter name: 0/1 tensor}``.
 
@@ -32,9 +33,13 @@ def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weigh
     kernels ranked by their RMS (L2 norm / √(k·k), comparable with a single weight's magnitude) and linear weights
     by magnitude, removed from the smallest until ``round(sparsity · W)`` weights are: the granularity of a
     metanetwork editor whose edges are kernels (:class:`~lightning_edit.metanet.requirements.WeightPruning`).
+    ``min_layer_density``: every layer keeps at least this fraction of its units, the largest ones, as the
+    editor's per-layer floor (:class:`~lightning_edit.metanet.requirements.WeightPruning`); 0 (default): the
+    plain global ranking.
 
     Raises:
-        ValueError: an unknown ``granularity``; a sparsity outside [0, 1).
+        ValueError: an unknown ``granularity``; a sparsity outside [0, 1); a ``min_layer_density`` outside
+            [0, 1 - sparsity].
     """
     if granularity not in ("weight", "kernel"):
         raise ValueError(f"granularity must be 'weight' or 'kernel', got {granularity!r}.")
@@ -44,7 +49,8 @@ def magnitude_prune(model: nn.Module, sparsity: float, granularity: str = "weigh
              for n, w in weights.items()}  # per unit: (out, in) for kernels, the weight's own shape otherwise
     score = torch.cat([u.flatten() for u in units.values()])
     size = torch.cat([torch.full((u.numel(),), weights[n].numel() // u.numel(), device=score.device) for n, u in units.items()])
-    keep = WeightPruning(sparsity=sparsity, min_layer_density=0.0).hard_gates(score, size if granularity == "kernel" else None)
+    rule = WeightPruning(sparsity=sparsity, min_layer_density=min_layer_density)
+    keep = rule.hard_gates(score, size if granularity == "kernel" else None, [u.numel() for u in units.values()])
     masks, start = {}, 0
     for name, w in weights.items():
         unit_keep = keep[start : start + units[name].numel()].view_as(units[name])

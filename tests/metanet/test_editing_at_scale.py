@@ -117,8 +117,17 @@ def test_kernel_magnitude_pruning_removes_whole_kernels_by_rms():
     assert torch.equal(masks["0.weight"].bool(), pruned[0].weight.ne(0))
     per_weight, _ = magnitude_prune(cnn, 0.5)  # the same budget over single weights
     assert int(sum(p.eq(0).sum() for p in (per_weight[0].weight, per_weight[4].weight))) == 11
+    # 60% of 22 = 13 weights. Global: 0.05, nine 0.1s, 0.5, 1.0 and one 2.0 leave the linear layer one weight.
+    # A floor of 0.3 keeps ceil(0.3 * 4) = 2 linear weights: 1.0 survives and a second 2.0 goes instead.
+    global_, _ = magnitude_prune(cnn, 0.6)
+    floored, _ = magnitude_prune(cnn, 0.6, min_layer_density=0.3)
+    assert global_[4].weight.eq(0).tolist() == [[True, False], [True, True]]
+    assert floored[4].weight.eq(0).tolist() == [[True, False], [True, False]]
+    assert int(global_[0].weight.eq(0).sum()) == 10 and int(floored[0].weight.eq(0).sum()) == 11
     with pytest.raises(ValueError, match="granularity"):
         magnitude_prune(cnn, 0.5, granularity="channel")
+    with pytest.raises(ValueError, match="min_layer_density must be in"):
+        magnitude_prune(cnn, 0.6, min_layer_density=0.5)
 
 
 def test_untrained_editor_with_magnitude_prior_prunes_as_magnitude_pruning():
