@@ -29,11 +29,22 @@ def vgg(side: int, width: float = 0.25) -> VGG:
     return VGG("vgg11", in_channels=1, num_classes=10, width_multiplier=width, max_pools=4 if side >= 16 else 3)
 
 
-def best_time(fn: Callable[[], object], repeats: int = 7, device: torch.device | None = None) -> float:
-    """Minimum wall time over ``repeats`` runs after one warm-up (synchronising CUDA when used)."""
+def paired_best_time(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 7,
+                     device: torch.device | None = None) -> tuple[float, float]:
+    """Minimum wall times of ``fn_a`` and ``fn_b`` over ``repeats`` alternating runs, after one warm-up of each."""
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(best_time(fn_a, repeats=1, device=device, warmup=not a))
+        b.append(best_time(fn_b, repeats=1, device=device, warmup=not b))
+    return min(a), min(b)
+
+
+def best_time(fn: Callable[[], object], repeats: int = 7, device: torch.device | None = None, warmup: bool = True) -> float:
+    """Minimum wall time over ``repeats`` runs after one warm-up unless ``warmup=False`` (synchronising CUDA when used)."""
     sync = (lambda: torch.cuda.synchronize()) if device is not None and device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
+    if warmup:
+        fn()
+        sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -77,6 +77,11 @@ class MetanetworkEditor(L.LightningModule):
             edge features are ``kernel_size²`` values, smaller kernels and linear weights zero-padded.
         gate_bias, gate_prior, gate_granularity: initial gate logit, the magnitude prior of the edge gates, and
             one gate per edge or per kernel weight (:class:`GraphMetanetwork`; ``"weight"`` is for weight pruning).
+            ``None`` (default): for weight pruning ``"magnitude"`` and ``"weight"`` (unstructured pruning, also of
+            CNNs), otherwise ``"none"`` and ``"edge"``. On the digits CNN population at 60% sparsity the editor
+            went from 17.5% (no prior, kernel gates) to 53.6% (prior, kernel gates) and 81.4% (prior, weight
+            gates), against 65.2% for magnitude pruning (README). Checkpoints saved before these options reload
+            with ``"none"`` and ``"edge"``, the editor they were trained as.
 
     Raises:
         ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
@@ -90,8 +95,8 @@ class MetanetworkEditor(L.LightningModule):
     def __init__(self, requirement: str = "weight_pruning", requirement_args: dict[str, Any] | None = None, lam: float = 1.0,
                  hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
                  requirement_weight: float = 10.0, gate_conditioned: bool = True, constraint: str = "penalty",
-                 multiplier_lr: float = 0.5, kernel_size: int = 1, gate_bias: float = 4.0, gate_prior: str = "none",
-                 gate_granularity: str = "edge") -> None:
+                 multiplier_lr: float = 0.5, kernel_size: int = 1, gate_bias: float = 4.0, gate_prior: str | None = None,
+                 gate_granularity: str | None = None) -> None:
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
@@ -103,7 +108,10 @@ class MetanetworkEditor(L.LightningModule):
         if constraint == "lagrangian" and not hasattr(self.requirement, "violation"):
             raise ValueError(f"constraint='lagrangian' needs a requirement with a target (bias_mitigation); "
                              f"{self.requirement.name!r} is held exactly by its gates: use constraint='penalty'.")
-        if gate_granularity == "weight" and not isinstance(self.requirement, WeightPruning):
+        prunes = isinstance(self.requirement, WeightPruning)
+        gate_prior = gate_prior or ("magnitude" if prunes else "none")
+        gate_granularity = gate_granularity or ("weight" if prunes else "edge")
+        if gate_granularity == "weight" and not prunes:
             raise ValueError(f"gate_granularity='weight' gates single kernel weights, which only weight_pruning uses; "
                              f"{self.requirement.name!r} gates edges or inputs: use gate_granularity='edge'.")
         if multiplier_lr <= 0:
@@ -114,12 +122,16 @@ class MetanetworkEditor(L.LightningModule):
                                    "gate_conditioned": gate_conditioned, "constraint": constraint,
                                    "multiplier_lr": multiplier_lr, "kernel_size": kernel_size, "gate_bias": gate_bias,
                                    "gate_prior": gate_prior, "gate_granularity": gate_granularity})
-        self.metanet = GraphMetanetwork(kernel_size**2, num_positions, max_layers, hidden, num_layers, gate_bias=gate_bias,
-                                        gate_conditioned=gate_conditioned, gate_prior=gate_prior,
-                                        gate_granularity=gate_granularity)
+        self.metanet = self._build_metanet()
         self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
         self.num_inputs: int | None = None
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
+
+    def _build_metanet(self) -> GraphMetanetwork:
+        hp = self.hparams
+        return GraphMetanetwork(hp.kernel_size**2, hp.num_positions, hp.max_layers, hp.hidden, hp.num_layers,
+                                gate_bias=hp.gate_bias, gate_conditioned=hp.gate_conditioned, gate_prior=hp.gate_prior,
+                                gate_granularity=hp.gate_granularity)
 
     def setup(self, stage: str) -> None:
         population_kernel = getattr(self.trainer.datamodule, "max_kernel", self.hparams.kernel_size)
@@ -289,6 +301,11 @@ class MetanetworkEditor(L.LightningModule):
         saved_args = checkpoint.get("hyper_parameters", {}).get("requirement_args", {})
         if isinstance(self.requirement, WeightPruning) and "min_layer_density" not in saved_args:
             self.requirement.min_layer_density = 0.0  # saved before the per-layer floor: it edited by global top-k
+        saved = checkpoint.get("hyper_parameters", {})
+        legacy = {k: v for k, v in (("gate_prior", "none"), ("gate_granularity", "edge")) if k not in saved}
+        if any(self.hparams[k] != v for k, v in legacy.items()):  # saved before these options: rebuild as trained
+            self.hparams.update(legacy)
+            self.metanet = self._build_metanet().to(self.device)
         self.num_inputs = checkpoint.get("num_inputs")
         self.requirement.load_state(checkpoint.get("requirement_state", {}))
 

@@ -94,7 +94,8 @@ def test_kernel_level_pruning_counts_weights_not_edges():
     # sparsity 0.3 -> 6 weights: only the linear edge of logit -1 fits before the next kernel
     assert WeightPruning(sparsity=0.3).edge_mask(net, hard=True).tolist() == [1.0, 1.0, 0.0, 1.0]
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3)
+    editor = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3,
+                               gate_granularity="edge")
     edited = editor.edit(cnn)
     w = torch.cat([edited[0].weight.flatten(), edited[4].weight.flatten()])  # 36 + 12 = 48 weights
     assert round(0.6 * 48) - 9 < int(w.eq(0).sum()) <= round(0.6 * 48)  # within one kernel of round(s · W)
@@ -146,7 +147,8 @@ def test_untrained_editor_with_magnitude_prior_prunes_as_magnitude_pruning():
                 assert torch.equal(a.eq(0), b.eq(0))
     weights = [p for p in edited.parameters() if p.dim() > 1]  # kernel granularity: whole kernels
     assert torch.equal(weights[0].eq(0).flatten(2).all(-1), weights[0].eq(0).flatten(2).any(-1))
-    without = MetanetworkEditor("weight_pruning", {"sparsity": 0.7}, hidden=8, num_layers=1, kernel_size=3).eval()
+    without = MetanetworkEditor("weight_pruning", {"sparsity": 0.7}, hidden=8, num_layers=1, kernel_size=3,
+                                gate_prior="none").eval()
     assert without.metanet.prior_scale is None
 
 
@@ -179,6 +181,31 @@ def test_weight_granularity_gates_prune_exactly_round_s_w_single_weights():
         MetanetworkEditor("weight_pruning", gate_granularity="channel")
     with pytest.raises(ValueError, match="gate_prior must be"):
         MetanetworkEditor("weight_pruning", gate_prior="taylor")
+
+
+def test_cnn_pruning_editor_checkpoints_reload_as_trained_old_and_new(tmp_path):
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    new = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3)
+    assert (new.hparams.gate_prior, new.hparams.gate_granularity) == ("magnitude", "weight")  # the pruning defaults
+    assert MetanetworkEditor("data_minimisation", {"k": 2}).hparams.gate_prior == "none"
+    old = MetanetworkEditor("weight_pruning", {"sparsity": 0.6}, hidden=8, num_layers=1, kernel_size=3,
+                            gate_prior="none", gate_granularity="edge")
+    for editor, name in ((new, "new"), (old, "old")):
+        with torch.no_grad():
+            editor.metanet.edge_gate_head.weight.normal_()  # a "trained" editor: its gates depend on the graph
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+        trainer.strategy.connect(editor)
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+    saved = torch.load(tmp_path / "old.ckpt", weights_only=False)
+    for key in ("gate_prior", "gate_granularity", "gate_bias"):  # as saved before these options existed
+        del saved["hyper_parameters"][key]
+    torch.save(saved, tmp_path / "old.ckpt")
+    for editor, name in ((new, "new"), (old, "old")):
+        loaded = MetanetworkEditor.load_from_checkpoint(tmp_path / f"{name}.ckpt")
+        assert loaded.hparams.gate_granularity == editor.hparams.gate_granularity
+        for p, q in zip(editor.eval().edit(cnn).parameters(), loaded.eval().edit(cnn).parameters()):
+            assert torch.equal(p, q)
 
 
 def test_layer_floor_keeps_every_layer_alive_within_the_same_budget():
