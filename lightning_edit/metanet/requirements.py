@@ -197,16 +197,23 @@ class WeightPruning(Requirement):
         return torch.cat([torch.full((s.in_dim * s.out_dim,), s.kernel**2, device=net.edge_logits.device)
                           for s in net.specs])
 
+    @staticmethod
+    def _real(net: NetworkEdit) -> Tensor:
+        """``(E, K·K)`` bool: the entries of per-weight gate logits that are weights, not kernel padding."""
+        return _real_weights(tuple(net.specs), net.edge_logits.shape[1]).to(net.edge_logits.device)
+
     def edge_mask(self, net: NetworkEdit, hard: bool) -> Tensor:
         if net.edge_logits.dim() == 2:  # one gate per kernel weight: an unstructured mask on the real weights
-            real = _real_weights(tuple(net.specs), net.edge_logits.shape[1]).to(net.edge_logits.device)
+            real = self._real(net)
             logits, layer_weights = net.edge_logits[real], [s.in_dim * s.out_dim * s.kernel**2 for s in net.specs]
-            mask = net.edge_logits.new_ones(net.edge_logits.shape)
-            keep = self.hard_gates(logits.detach(), None, layer_weights)
-            if not hard:
-                soft = self.soft_gates(logits)
-                keep = soft if self.gates == "soft" else keep + soft - soft.detach()
-            return mask.index_put((real,), keep)
+            if not hard and self.gates == "soft":
+                keep = self.soft_gates(logits)
+            else:
+                keep = self.hard_gates(logits.detach(), None, layer_weights)
+                if not hard:
+                    soft = self.soft_gates(logits)
+                    keep = keep + soft - soft.detach()
+            return net.edge_logits.new_ones(net.edge_logits.shape).index_put((real,), keep)
         sizes, layer_edges = self.edge_sizes(net), [s.in_dim * s.out_dim for s in net.specs]
         if hard:
             return self.hard_gates(net.edge_logits.detach(), sizes, layer_edges)
@@ -217,8 +224,7 @@ class WeightPruning(Requirement):
 
     def loss(self, net: NetworkEdit, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
         if net.edge_logits.dim() == 2:
-            real = _real_weights(tuple(net.specs), net.edge_logits.shape[1]).to(net.edge_logits.device)
-            kept = self.soft_gates(net.edge_logits[real]).mean()
+            kept = self.soft_gates(net.edge_logits[self._real(net)]).mean()
         else:
             soft, sizes = self.soft_gates(net.edge_logits), self.edge_sizes(net)
             kept = soft.mean() if sizes is None else (soft * sizes).sum() / sizes.sum()
