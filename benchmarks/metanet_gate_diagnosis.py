@@ -6,7 +6,8 @@ Appends one JSON line per variant to ``--out``.
 
     python benchmarks/metanet_gate_diagnosis.py --dataset digits-cnn --sparsity 0.6 --epochs 60 \\
         --variants kernel_prior@0 kernel_prior kernel_bias0 kernel weight weight_prior@0 weight_prior
-    python benchmarks/metanet_gate_diagnosis.py --dataset adult --sparsity 0.8 --epochs 15 --variants weight_prior_h16
+    python benchmarks/metanet_gate_diagnosis.py --dataset adult --sparsity 0.8 --epochs 15 --variants weight_prior_h16 \
+        weight_prior_h16_l2 weight_prior_h8 weight_prior_h8_l2
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ VARIANTS = {  # name -> MetanetworkEditor arguments
     "weight": {"gate_granularity": "weight", "gate_prior": "none"},
     "weight_prior": {"gate_granularity": "weight", "gate_prior": "magnitude"},
     "weight_prior_h16": {"gate_granularity": "weight", "gate_prior": "magnitude", "hidden": 16},
+    "weight_prior_h16_l2": {"gate_granularity": "weight", "gate_prior": "magnitude", "hidden": 16, "num_layers": 2},
+    "weight_prior_h8": {"gate_granularity": "weight", "gate_prior": "magnitude", "hidden": 8},
+    "weight_prior_h8_l2": {"gate_granularity": "weight", "gate_prior": "magnitude", "hidden": 8, "num_layers": 2},
 }
 
 

@@ -15,7 +15,7 @@ from torch_geometric.data import Batch
 
 from lightning_edit.metanet.graph import architecture, to_graph, to_parameters
 from lightning_edit.metanet.model import GraphMetanetwork, MetanetOutput
-from lightning_edit.metanet.requirements import NetworkEdit, Requirement, WeightPruning, make_requirement
+from lightning_edit.metanet.requirements import DataMinimisation, NetworkEdit, Requirement, WeightPruning, make_requirement
 
 
 def jensen_shannon(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -123,6 +123,7 @@ class MetanetworkEditor(L.LightningModule):
                                    "multiplier_lr": multiplier_lr, "kernel_size": kernel_size, "gate_bias": gate_bias,
                                    "gate_prior": gate_prior, "gate_granularity": gate_granularity})
         self.metanet = self._build_metanet()
+        self._pool_units()
         self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
         self.num_inputs: int | None = None
         self._eval_data: dict[str, tuple[Tensor, ...]] = {}
@@ -132,6 +133,10 @@ class MetanetworkEditor(L.LightningModule):
         return GraphMetanetwork(hp.kernel_size**2, hp.num_positions, hp.max_layers, hp.hidden, hp.num_layers,
                                 gate_bias=hp.gate_bias, gate_conditioned=hp.gate_conditioned, gate_prior=hp.gate_prior,
                                 gate_granularity=hp.gate_granularity)
+
+    def _pool_units(self) -> None:
+        if isinstance(self.requirement, DataMinimisation):  # log-sum-exp pools the prior's log ‖column‖² exactly
+            self.requirement.unit_pool = "logsumexp" if self.hparams.gate_prior == "magnitude" else "mean"
 
     def setup(self, stage: str) -> None:
         population_kernel = getattr(self.trainer.datamodule, "max_kernel", self.hparams.kernel_size)
@@ -275,12 +280,16 @@ class MetanetworkEditor(L.LightningModule):
         if self.num_inputs is not None and widths != {self.num_inputs}:
             raise ValueError(f"The network has {sorted(widths)} inputs; this editor was trained on {self.num_inputs}.")
         was_training = self.metanet.training
-        self.metanet.eval()
+        if was_training:
+            self.metanet.eval()
         all_params: list[dict[str, Tensor]] = []
         for group in _group_by_edges(graphs, edges_per_pass):
-            graph = Batch.from_data_list([graphs[i] for i in group]).to(self.device)
+            graph = Batch.from_data_list([graphs[i] for i in group])
+            if graph.edge_attr.device != self.device:
+                graph = graph.to(self.device)
             all_params += self.edited_parameters(graph, self(graph, hard=True), [models[i] for i in group])
-        self.metanet.train(was_training)
+        if was_training:
+            self.metanet.train()
         edited = []
         for m, params in zip(models, all_params):
             e = copy.deepcopy(m)
@@ -306,6 +315,7 @@ class MetanetworkEditor(L.LightningModule):
         if any(self.hparams[k] != v for k, v in legacy.items()):  # saved before these options: rebuild as trained
             self.hparams.update(legacy)
             self.metanet = self._build_metanet().to(self.device)
+            self._pool_units()
         self.num_inputs = checkpoint.get("num_inputs")
         self.requirement.load_state(checkpoint.get("requirement_state", {}))
 

@@ -269,6 +269,9 @@ class DataMinimisation(Requirement):
     level_name: ClassVar[str] = "units_used"
     unit_names: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
     unit_of_input: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    #: how a unit's logit pools its columns' input-gate logits: ``"mean"``, or ``"logsumexp"`` (set by an editor
+    #: with ``gate_prior="magnitude"``, whose input logits carry log squared column norms).
+    unit_pool: str = field(default="mean", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.k is None) == (self.drop is None):
@@ -319,8 +322,14 @@ class DataMinimisation(Requirement):
         return self.unit_of_input.to(net.node_logits.device)
 
     def unit_logits(self, net: NetworkEdit) -> Tensor:
+        """Gate logit per unit ``(U,)``: the mean of its columns' input logits, or their log-sum-exp
+        (``unit_pool="logsumexp"``: with logits ``log ‖column‖²`` this is ``log ‖unit‖²``, the norm rule's ranking)."""
         units = self._units(net)
         sums = torch.zeros(len(self.unit_names), device=units.device, dtype=net.node_logits.dtype)
+        if self.unit_pool == "logsumexp":
+            top = sums.index_reduce(0, units, net.input_logits.detach(), "amax", include_self=False)
+            exp = (net.input_logits - top[units]).exp()
+            return sums.index_add(0, units, exp).log() + top
         counts = torch.zeros_like(sums).index_add_(0, units, torch.ones_like(net.input_logits))
         return sums.index_add_(0, units, net.input_logits) / counts.clamp_min(1)
 

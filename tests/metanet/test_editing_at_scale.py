@@ -152,6 +152,26 @@ def test_untrained_editor_with_magnitude_prior_prunes_as_magnitude_pruning():
     assert without.metanet.prior_scale is None
 
 
+def test_untrained_data_minimisation_editor_with_prior_keeps_the_norm_rule_attributes(zoo):
+    from lightning_edit.metanet.baselines import select_inputs_by_norm
+
+    for k in (2, 5):
+        editor = MetanetworkEditor("data_minimisation", {"k": k}, hidden=8, num_layers=1, gate_prior="magnitude").eval()
+        editor.requirement.setup(zoo.data)
+        assert editor.requirement.unit_pool == "logsumexp"
+        for model in zoo.models[:6]:
+            first = editor.edit(model).get_parameter(f"{architecture(model)[0].name}.weight")
+            assert torch.equal(first.ne(0).any(0), select_inputs_by_norm(model, editor.requirement))
+    # log-sum-exp pooling of log ||column||^2 is log ||unit||^2; mean pooling (no prior) is the plain average
+    req = MetanetworkEditor("data_minimisation", {"k": 2}, gate_prior="magnitude").requirement
+    req.unit_names, req.unit_of_input = ["a", "b"], torch.tensor([0, 0, 1])
+    net = NetworkEdit(architecture(make_mlp(3, [2], 2)), torch.zeros(8), torch.tensor([1.0, 2.0, 3.0, 0, 0, 0, 0]))
+    assert torch.allclose(req.unit_logits(net), torch.tensor([torch.tensor([1.0, 2.0]).logsumexp(0), 3.0]))
+    req.unit_pool = "mean"
+    assert torch.allclose(req.unit_logits(net), torch.tensor([1.5, 3.0]))
+    assert MetanetworkEditor("data_minimisation", {"k": 2}).requirement.unit_pool == "mean"
+
+
 def test_weight_granularity_gates_prune_exactly_round_s_w_single_weights():
     from lightning_edit.metanet import LayerSpec
 
