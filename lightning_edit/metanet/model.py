@@ -83,7 +83,7 @@ class GraphMetanetwork(nn.Module):
         gate_bias: initial gate logit (sigmoid(4) ≈ 0.98: gates start open).
         gate_conditioned: add the mask-aware round described above.
         gate_prior: ``"none"`` (the paper: edge gate logits are read from the edge embeddings alone) or
-            ``"magnitude"`` (a departure): a learned multiple ``α`` (initially 1) of the log-RMS of each edge's
+            ``"magnitude"`` (a departure): a learned multiple ``α`` (initially ``prior_scale``) of the log-RMS of each edge's
             weights is added to its gate logit, ``logit = head(e) + α · log(‖w‖ / √(k·k) + 1e-6)`` (per weight,
             ``log(|w| + 1e-6)``, with ``gate_granularity="weight"``). The gate
             head starts at zero, so the untrained editor ranks edges exactly as magnitude (MLP) or kernel-norm
@@ -95,6 +95,8 @@ class GraphMetanetwork(nn.Module):
             the head through ``sigmoid'(gate_bias)`` is small. On the digits CNN population at 60% sparsity
             it lifted the kernel editor from 17.5 to 53.6%, and with per-weight gates to 81.4% against 65.2% for
             magnitude pruning (``benchmarks/metanet_gate_diagnosis.py``, README).
+        prior_scale: the initial ``α`` (learned). Any ``α > 0`` gives the untrained editor the same ranking; a
+            smaller one lets the learned head move the ranking further from the prior's with the same output.
         gate_granularity: ``"edge"`` (one gate per edge: a weight of an MLP, a whole k×k kernel of a CNN) or
             ``"weight"`` (one gate per kernel weight: ``K·K`` gate logits per edge, unstructured pruning of a
             CNN, a departure from the paper's MLP-only editor). The same for MLPs, where an edge is one weight.
@@ -102,7 +104,7 @@ class GraphMetanetwork(nn.Module):
 
     def __init__(self, kernel_dim: int = 1, num_positions: int = 256, max_layers: int = 8, hidden: int = 64,
                  num_layers: int = 3, init_scale: float = 0.01, gate_bias: float = 4.0, gate_conditioned: bool = True,
-                 gate_prior: str = "none", gate_granularity: str = "edge") -> None:
+                 gate_prior: str = "none", gate_granularity: str = "edge", prior_scale: float = 1.0) -> None:
         super().__init__()
         if gate_granularity not in ("edge", "weight"):
             raise ValueError(f"gate_granularity must be 'edge' or 'weight', got {gate_granularity!r}.")
@@ -122,7 +124,9 @@ class GraphMetanetwork(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.constant_(head.bias, gate_bias)
         self.scale = nn.Parameter(torch.full((max_layers + 1,), init_scale))
-        self.prior_scale = nn.Parameter(torch.ones(())) if gate_prior == "magnitude" else None
+        if prior_scale <= 0:
+            raise ValueError(f"prior_scale must be > 0 (the initial weight of the magnitude prior), got {prior_scale}.")
+        self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale))) if gate_prior == "magnitude" else None
         self.num_positions, self.max_layers, self.gate_granularity = num_positions, max_layers, gate_granularity
 
     def forward(self, graph: Batch, edge_mask_fn: EdgeMaskFn | None = None) -> MetanetOutput:

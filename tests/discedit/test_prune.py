@@ -115,3 +115,22 @@ def test_activation_site_scores_a_dead_channel_lowest(trained_digits):
     act = channel_scores(model, layers, "discedit", batches=batches, num_classes=10, site="activation")["features.0"]
     assert int(act.argmin()) == 3 and float(act[3]) == 0.0
     assert float(conv[3]) > 0.0
+
+
+@pytest.mark.parametrize("witness", ["fisher", "mpm", "robust_fisher", "exp_norm"])
+def test_scores_of_all_layers_at_once_equal_scores_layer_by_layer(trained_digits, witness):
+    """The bounds of all layers are computed as one joint problem; each layer's scores must be those of its own
+    moments alone."""
+    from lightning_edit.discedit import collect_moments
+    from lightning_edit.discedit.scores import get_witness
+
+    module, dm = trained_digits
+    layers = prunable_layers(module.model)
+    assert len(layers) >= 2
+    batches = [(dm.train_set.x[:300], dm.train_set.y[:300]), (dm.train_set.x[300:600], dm.train_set.y[300:600])]
+    joint = channel_scores(module.model, layers, "discedit", batches=batches, num_classes=10, witness=witness)
+    moments = collect_moments(module.model, layers, batches, 10, get_witness(witness).feature)
+    for name in layers:
+        alone = pruning_scores(moments[name], witness)
+        assert joint[name].shape == alone.shape
+        torch.testing.assert_close(joint[name], alone, rtol=1e-9, atol=1e-12)

@@ -201,6 +201,9 @@ def test_weight_granularity_gates_prune_exactly_round_s_w_single_weights():
         MetanetworkEditor("weight_pruning", gate_granularity="channel")
     with pytest.raises(ValueError, match="gate_prior must be"):
         MetanetworkEditor("weight_pruning", gate_prior="taylor")
+    with pytest.raises(ValueError, match="prior_scale must be > 0"):
+        MetanetworkEditor("weight_pruning", gate_prior_scale=0.0)
+    assert float(MetanetworkEditor("weight_pruning", gate_prior_scale=0.1).metanet.prior_scale) == pytest.approx(0.1)
 
 
 def test_cnn_pruning_editor_checkpoints_reload_as_trained_old_and_new(tmp_path):
