@@ -74,8 +74,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def train_editor(name: str, req_args: dict, editor_args: dict, zoo, epochs: int) -> tuple[MetanetworkEditor, float]:
-    L.seed_everything(0, verbose=False)
+def train_editor(name: str, req_args: dict, editor_args: dict, zoo, epochs: int, seed: int = 0) -> tuple[MetanetworkEditor, float]:
+    L.seed_everything(seed, verbose=False)
     editor = MetanetworkEditor(name, req_args, kernel_size=zoo.max_kernel, **editor_args)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -227,6 +227,7 @@ def main() -> None:
                          "does not depend on its weights); merged into an existing results.json")
     ap.add_argument("--editor", type=json.loads, default={},
                     help='extra MetanetworkEditor arguments for every editor, JSON, e.g. \'{"hidden": 16, "gate_prior": "magnitude"}\'')
+    ap.add_argument("--seed", type=int, default=0, help="seed of the editors' initialisation and training order")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lightning_edit" / "zoo"),
                     help="where the trained population is cached (outside the repository)")
@@ -282,7 +283,7 @@ def main() -> None:
         level_name, summaries = None, []
         report.append(f"## {name}\n")
         for req_args, editor_args, tag in arms:
-            editor, seconds = train_editor(name, req_args, editor_args, zoo, args.epochs)
+            editor, seconds = train_editor(name, req_args, editor_args, zoo, args.epochs, args.seed)
             editors.setdefault(name, editor)
             level_name = editor.requirement.level_name
             test = summarise(score(editor, zoo, zoo.test_idx, args.ft_weight, baselines=not tag))
