@@ -87,6 +87,19 @@ class ClassConditionalMoments:
         outer = (z.unsqueeze(-1) * z.unsqueeze(-2)).reshape(n, c * d * d)
         self.sum_outer += (onehot.T @ outer).view(-1, c, d, d)
 
+    @classmethod
+    def cat(cls, parts: list[ClassConditionalMoments]) -> ClassConditionalMoments | None:
+        """The moments of several layers as one problem over all their components ``(K, ΣC, ...)``, or ``None``
+        when the layers did not see the same samples (their counts differ)."""
+        if not all(torch.equal(p.count, parts[0].count) for p in parts):
+            return None
+        return cls(parts[0].count, torch.cat([p.sum for p in parts], 1), torch.cat([p.sum_outer for p in parts], 1))
+
+    def split(self, widths: list[int]) -> list[ClassConditionalMoments]:
+        """The inverse of :meth:`cat`: views of ``widths`` consecutive components each."""
+        return [ClassConditionalMoments(self.count, s, o) for s, o in
+                zip(self.sum.split(widths, 1), self.sum_outer.split(widths, 1))]
+
     def all_reduce(self, reduce_sum: Callable[[Tensor], Tensor]) -> None:
         """Replace the sums by ``reduce_sum`` of them (e.g. a DDP all-reduce with op sum)."""
         self.count, self.sum, self.sum_outer = (reduce_sum(t) for t in (self.count, self.sum, self.sum_outer))

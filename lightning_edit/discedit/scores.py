@@ -148,30 +148,20 @@ def score_components(
     if not moments:
         raise ValueError("No calibration batch reached the scored layers; is the calibration loader empty?")
     names, widths = list(moments), [m.sum.shape[1] for m in moments.values()]
-    first = moments[names[0]]
-    joint_problem = all(torch.equal(m.count, first.count) for m in moments.values())
-    if joint_problem:
-        # every layer saw the same samples: one joint problem, so the bound (and any DDP all-reduce) runs once
-        # for all layers instead of once per layer (the iterative witnesses cost per call, not per component)
-        joint = ClassConditionalMoments(first.count, torch.cat([m.sum for m in moments.values()], 1),
-                                        torch.cat([m.sum_outer for m in moments.values()], 1))
-        parts = [joint]
-    else:
-        parts = list(moments.values())
+    # every layer saw the same samples: one joint problem, so the bound (and any DDP all-reduce) runs once for all
+    # layers instead of once per layer (the iterative witnesses cost per call, not per component)
+    joint = ClassConditionalMoments.cat(list(moments.values()))
     if reduce_sum is not None:
-        for m in parts:
+        for m in [joint] if joint is not None else moments.values():
             m.all_reduce(reduce_sum)
-    if joint_problem:
-        moments = {n: ClassConditionalMoments(parts[0].count, s, o) for n, s, o in
-                   zip(names, parts[0].sum.split(widths, 1), parts[0].sum_outer.split(widths, 1))}
+    if joint is not None:
+        moments = dict(zip(names, joint.split(widths)))
     if check_counts is not None:
         check_counts(next(iter(moments.values())).count)
     check_finite({n: torch.stack([m.sum.sum(), m.sum_outer.sum()]) for n, m in moments.items()},
                  "calibration statistics (activations)")
-    if joint_problem:
-        scores = dict(zip(names, score(parts[0], w).split(widths)))
-    else:
-        scores = {n: score(m, w) for n, m in moments.items()}
+    raw = score(joint, w).split(widths) if joint is not None else [score(m, w) for m in moments.values()]
+    scores = dict(zip(names, raw))
     check_finite(scores, f"{importance} scores")
     return scores
 

@@ -100,6 +100,9 @@ class GraphMetanetwork(nn.Module):
         gate_granularity: ``"edge"`` (one gate per edge: a weight of an MLP, a whole k×k kernel of a CNN) or
             ``"weight"`` (one gate per kernel weight: ``K·K`` gate logits per edge, unstructured pruning of a
             CNN, a departure from the paper's MLP-only editor). The same for MLPs, where an edge is one weight.
+
+    Raises:
+        ValueError: an unknown ``gate_granularity`` or ``gate_prior``, or ``prior_scale <= 0`` (at construction).
     """
 
     def __init__(self, kernel_dim: int = 1, num_positions: int = 256, max_layers: int = 8, hidden: int = 64,

@@ -134,3 +134,7 @@ def test_scores_of_all_layers_at_once_equal_scores_layer_by_layer(trained_digits
         alone = pruning_scores(moments[name], witness)
         assert joint[name].shape == alone.shape
         torch.testing.assert_close(joint[name], alone, rtol=1e-9, atol=1e-12)
+    first, second = list(moments.values())[:2]
+    assert ClassConditionalMoments.cat([first, second]).sum.shape[1] == first.sum.shape[1] + second.sum.shape[1]
+    other = ClassConditionalMoments(second.count + 1, second.sum, second.sum_outer)  # other samples: no joint problem
+    assert ClassConditionalMoments.cat([first, other]) is None
