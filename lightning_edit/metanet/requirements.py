@@ -417,7 +417,8 @@ class BiasMitigation(Requirement):
         metric: ``"equalized_odds"`` or ``"demographic_parity"``. target: tolerated gap. num_groups: values of ``s``.
 
     Raises:
-        ValueError: for an unknown metric; at :meth:`setup` or in :meth:`loss`, data without a sensitive attribute.
+        ValueError: for an unknown metric, a target outside ``[0, 1)`` or fewer than 2 groups (at construction);
+            at :meth:`setup` or in :meth:`loss`, data without a sensitive attribute.
     """
 
     metric: str = "equalized_odds"
@@ -428,6 +429,11 @@ class BiasMitigation(Requirement):
     def __post_init__(self) -> None:
         if self.metric not in ("equalized_odds", "demographic_parity"):
             raise ValueError(f"metric must be 'equalized_odds' or 'demographic_parity', got {self.metric!r}.")
+        if not 0.0 <= self.target < 1.0:
+            raise ValueError(f"target is a tolerated gap between group rates and must be in [0, 1), got {self.target}; "
+                             "0 asks for equal rates.")
+        if self.num_groups < 2:
+            raise ValueError(f"num_groups must be >= 2 (the values of the sensitive attribute), got {self.num_groups}.")
 
     @property
     def level_name(self) -> str:
