@@ -227,6 +227,9 @@ def main() -> None:
                          "does not depend on its weights); merged into an existing results.json")
     ap.add_argument("--editor", type=json.loads, default={},
                     help='extra MetanetworkEditor arguments for every editor, JSON, e.g. \'{"hidden": 16, "gate_prior": "magnitude"}\'')
+    ap.add_argument("--data-batch", type=int, default=None,
+                    help="data rows per editor training step (default 1024 for adult, 256 otherwise); the fine-tuning "
+                         "and retraining baselines keep their own batch sizes")
     ap.add_argument("--seed", type=int, default=0, help="seed of the editors' initialisation and training order")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "lightning_edit" / "zoo"),
@@ -240,15 +243,15 @@ def main() -> None:
     if args.dataset == "adult":
         zoo = ModelZooDataModule(num_models=args.models, widths=[16, 32, 64, 128], depths=[1, 2, 3], epochs=[1, 2, 3],
                                  activations=["relu", "tanh", "gelu"], heldout_widths=[128], heldout_depths=[3],
-                                 data=AdultDataModule(batch_size=1024), root=args.cache)
+                                 data=AdultDataModule(batch_size=args.data_batch or 1024), root=args.cache)
     elif args.dataset == "digits-cnn":  # conv widths 8-24 seen, 32 held out; 2-3 conv layers
         zoo = ModelZooDataModule(num_models=args.models, family="cnn", widths=[8, 12, 16, 24, 32], depths=[2, 3],
                                  epochs=[15, 30, 45], activations=["relu", "tanh", "gelu"], heldout_widths=[32],
-                                 train_lr=1e-2, train_batch_size=64, data=DigitsDataModule(batch_size=256), root=args.cache)
+                                 train_lr=1e-2, train_batch_size=64, data=DigitsDataModule(batch_size=args.data_batch or 256), root=args.cache)
     else:
         zoo = ModelZooDataModule(num_models=args.models, widths=[16, 32, 64, 128], depths=[1, 2, 3], epochs=[20, 30, 40],
                                  activations=["relu", "tanh", "gelu"], heldout_widths=[128], heldout_depths=[3],
-                                 data=GermanCreditDataModule(batch_size=256), root=args.cache)
+                                 data=GermanCreditDataModule(batch_size=args.data_batch or 256), root=args.cache)
     _, build_ms = timed(zoo.setup)
     heldout_arch = zoo.heldout_arch_idx[: args.heldout_arch_networks]
     print(f"{args.dataset}: {len(zoo.train_idx)} train / {len(zoo.val_idx)} val / {len(zoo.test_idx)} test networks, "

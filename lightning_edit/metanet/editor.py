@@ -72,6 +72,13 @@ class MetanetworkEditor(L.LightningModule):
             (the batch's surrogate gap). It rises while the editor misses the target and falls once it meets
             it, so the editor is pushed exactly as hard as the target needs, where a fixed weight either leaves
             the gap or collapses the network to a constant classifier. Logged as ``train/multiplier``.
+            ``"proxy_lagrangian"`` (Cotter, Jiang & Sridharan, ALT 2019, "Two-player games for efficient
+            non-convex constrained optimization", §4): the editor still descends the surrogate, but the multiplier
+            ascends on the *exact* gap of the batch's ``argmax`` decisions (:meth:`BiasMitigation.exact_violation`),
+            the quantity the target is stated in. The soft gap is only loosely tied to the exact one (on Adult MLPs
+            0.10 soft for 0.06 exact, 0.17 for 0.28), so a multiplier driven by it stops at the wrong place. The
+            exact gap of a small batch is biased upwards (a max of noisy rate differences): use thousands of rows
+            per step. Logged as ``train/requirement_exact``.
         multiplier_lr: the dual step size.
         kernel_size: the largest conv kernel the editor reads (1 for MLPs; 3 for :func:`make_cnn` populations):
             edge features are ``kernel_size²`` values, smaller kernels and linear weights zero-padded.
@@ -89,7 +96,7 @@ class MetanetworkEditor(L.LightningModule):
 
     Raises:
         ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
-            ``constraint``, ``"lagrangian"`` for a requirement without a target, a non-positive
+            ``constraint``, a (proxy-)Lagrangian for a requirement without a target, a non-positive
             ``multiplier_lr``, a ``kernel_size`` below 1, an unknown ``gate_prior`` or ``gate_granularity``, a
             ``gate_prior_scale`` <= 0,
             ``gate_granularity="weight"`` for a requirement other than weight pruning (at construction); a requirement the data cannot meet,
@@ -108,10 +115,10 @@ class MetanetworkEditor(L.LightningModule):
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
         self.requirement: Requirement = make_requirement(requirement, requirement_args)
-        if constraint not in ("penalty", "lagrangian"):
-            raise ValueError(f"constraint must be 'penalty' or 'lagrangian', got {constraint!r}.")
-        if constraint == "lagrangian" and not hasattr(self.requirement, "violation"):
-            raise ValueError(f"constraint='lagrangian' needs a requirement with a target (bias_mitigation); "
+        if constraint not in ("penalty", "lagrangian", "proxy_lagrangian"):
+            raise ValueError(f"constraint must be 'penalty', 'lagrangian' or 'proxy_lagrangian', got {constraint!r}.")
+        if constraint != "penalty" and not hasattr(self.requirement, "violation"):
+            raise ValueError(f"constraint={constraint!r} needs a requirement with a target (bias_mitigation); "
                              f"{self.requirement.name!r} is held exactly by its gates: use constraint='penalty'.")
         prunes = isinstance(self.requirement, WeightPruning)
         gate_prior = gate_prior or ("magnitude" if prunes else "none")
@@ -210,20 +217,25 @@ class MetanetworkEditor(L.LightningModule):
         out = self(graph, hard=False)
         templates = self._templates(graph)
         params = self.edited_parameters(graph, out, templates)
-        lagrangian = self.hparams.constraint == "lagrangian"
+        lagrangian, proxy = self.hparams.constraint != "penalty", self.hparams.constraint == "proxy_lagrangian"
         term = self.requirement.violation if lagrangian else self.requirement.loss
-        reqs, jsds = [], []
+        reqs, jsds, exacts = [], [], []
         for t, p, net in zip(templates, params, self.split_output(graph, out)):
             logits = functional_call(t, p, (x,))
             reqs.append(term(net, logits, y, s))
             jsds.append(jensen_shannon(t(x).detach(), logits))
+            if proxy:
+                exacts.append(self.requirement.exact_violation(logits, y, s))
         req, jsd = torch.stack(reqs).mean(), torch.stack(jsds).mean()
         weight = self.multiplier.clone() if lagrangian else self.hparams.requirement_weight
         loss = weight * req + self.hparams.lam * jsd
         if lagrangian:  # dual ascent; on-device, no host sync
+            signal = torch.stack(exacts).mean() if proxy else req.detach()
             with torch.no_grad():
-                self.multiplier.add_(self.hparams.multiplier_lr * self.all_gather(req.detach()).mean()).clamp_(min=0.0)
+                self.multiplier.add_(self.hparams.multiplier_lr * self.all_gather(signal).mean()).clamp_(min=0.0)
             self.log("train/multiplier", self.multiplier, batch_size=len(templates))
+            if proxy:
+                self.log("train/requirement_exact", signal, batch_size=len(templates))
         self.log_dict({"train/requirement": req, "train/jsd": jsd, "train/loss": loss}, prog_bar=True, batch_size=len(templates))
         return loss
 

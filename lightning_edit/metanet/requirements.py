@@ -380,7 +380,7 @@ def fairness_differences(probs: Tensor, y: Tensor, s: Tensor, num_groups: int = 
 
     ``dp_difference = max_g P(ŷ=1|s=g) - min_g P(ŷ=1|s=g)``; ``eo_difference = max(TPR gap, FPR gap)``.
     Shapes: ``probs (N,)`` probability of class 1, ``y (N,)`` and ``s (N,)`` int in ``{0,1}`` and ``[0, G)``.
-    A group without samples makes the result NaN.
+    A group without rows is left out (one group present gives 0); a group without rows of a class makes EO NaN.
     """
     rates = binary_groups_stat_rates(probs, y, s, num_groups, validate_args=False)
     tp, fp, tn, fn = torch.stack(list(rates.values())).unbind(-1)
@@ -417,7 +417,7 @@ class BiasMitigation(Requirement):
         metric: ``"equalized_odds"`` or ``"demographic_parity"``. target: tolerated gap. num_groups: values of ``s``.
 
     Raises:
-        ValueError: for an unknown metric, a target outside ``[0, 1)`` or fewer than 2 groups (at construction);
+        ValueError: for an unknown metric, a target outside ``[0, 1]`` or fewer than 2 groups (at construction);
             at :meth:`setup` or in :meth:`loss`, data without a sensitive attribute.
     """
 
@@ -429,8 +429,8 @@ class BiasMitigation(Requirement):
     def __post_init__(self) -> None:
         if self.metric not in ("equalized_odds", "demographic_parity"):
             raise ValueError(f"metric must be 'equalized_odds' or 'demographic_parity', got {self.metric!r}.")
-        if not 0.0 <= self.target < 1.0:
-            raise ValueError(f"target is a tolerated gap between group rates and must be in [0, 1), got {self.target}; "
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"target is a tolerated gap between group rates and must be in [0, 1], got {self.target}; "
                              "0 asks for equal rates.")
         if self.num_groups < 2:
             raise ValueError(f"num_groups must be >= 2 (the values of the sensitive attribute), got {self.num_groups}.")
@@ -455,6 +455,14 @@ class BiasMitigation(Requirement):
     def violation(self, net: NetworkEdit | None, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
         """Signed constraint value ``surrogate gap - target`` (negative when met), for a Lagrangian."""
         return fairness_surrogate(logits.softmax(-1)[:, 1], y, self._check(s), self.metric, self.num_groups) - self.target
+
+    def exact_violation(self, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
+        """Signed ``exact gap - target`` on the ``argmax`` decisions of ``logits (N, 2)``, no gradient; 0 when a
+        group has no rows in ``s`` (no information), for the multiplier of a proxy-Lagrangian."""
+        with torch.no_grad():
+            gap = fairness_differences(logits.softmax(-1)[:, 1], y, self._check(s), self.num_groups)[self.level_name]
+            every_group = (torch.bincount(s, minlength=self.num_groups) > 0).all()
+            return torch.where(every_group, torch.nan_to_num(gap - self.target, nan=0.0), torch.zeros_like(gap))
 
     def loss(self, net: NetworkEdit | None, logits: Tensor, y: Tensor, s: Tensor | None) -> Tensor:
         return torch.relu(self.violation(net, logits, y, s))

@@ -277,10 +277,37 @@ def test_lagrangian_multiplier_rises_while_violated_and_falls_once_met(zoo_large
     assert fit(1.0) == 0.0  # always met: it falls to 0 and stays there
     with pytest.raises(ValueError, match="constraint='lagrangian' needs a requirement with a target"):
         MetanetworkEditor("weight_pruning", constraint="lagrangian")
+    with pytest.raises(ValueError, match="constraint='proxy_lagrangian' needs a requirement with a target"):
+        MetanetworkEditor("data_minimisation", {"k": 2}, constraint="proxy_lagrangian")
     with pytest.raises(ValueError, match="constraint must be"):
         MetanetworkEditor("bias_mitigation", constraint="barrier")
     with pytest.raises(ValueError, match="multiplier_lr must be > 0"):
         MetanetworkEditor("bias_mitigation", constraint="lagrangian", multiplier_lr=0.0)
+
+
+def test_proxy_lagrangian_multiplier_follows_the_exact_gap(zoo_large_batches, tmp_path, monkeypatch):
+    x, y, s = zoo_large_batches.data.val_set.tensors
+    model = zoo_large_batches.models[zoo_large_batches.test_idx[0]]
+    with torch.no_grad():
+        logits = model(x)
+    req = BiasMitigation(target=0.01)
+    exact = fairness_differences(logits.argmax(-1).float(), y, s)["eo_difference"]  # hard decisions as probabilities
+    assert float(req.exact_violation(logits, y, s)) == pytest.approx(float(exact) - 0.01, abs=1e-6)
+    assert float(req.exact_violation(logits, y, torch.zeros_like(s))) == 0.0  # one group empty: no information
+
+    def fit(constraint):
+        L.seed_everything(0)
+        editor = MetanetworkEditor("bias_mitigation", {"target": 0.0}, hidden=8, num_layers=1, constraint=constraint,
+                                   requirement_weight=1.0, multiplier_lr=0.5)
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                  default_root_dir=str(tmp_path)).fit(editor, zoo_large_batches)
+        return float(editor.multiplier)
+
+    # the exact gap says "met by a wide margin" while the surrogate gap (target 0) is always violated
+    monkeypatch.setattr(BiasMitigation, "exact_violation", lambda self, logits, y, s: torch.tensor(-1.0))
+    assert fit("lagrangian") > 1.0
+    assert fit("proxy_lagrangian") == 0.0
 
 
 def test_single_threshold_meets_the_level_without_the_sensitive_attribute(zoo):

@@ -226,7 +226,7 @@ def test_bad_input_raises_clear_errors(zoo, tmp_path):
 
     with pytest.raises(ValueError, match="needs a sensitive attribute"):
         BiasMitigation().setup(NoSensitive())
-    with pytest.raises(ValueError, match=r"target .* must be in \[0, 1\), got -0.1"):
+    with pytest.raises(ValueError, match=r"target .* must be in \[0, 1\], got -0.1"):
         MetanetworkEditor("bias_mitigation", {"target": -0.1})
     with pytest.raises(ValueError, match="num_groups must be >= 2"):
         BiasMitigation(num_groups=1)
