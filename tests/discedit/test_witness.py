@@ -13,6 +13,7 @@ from lightning_edit.discedit import (
     fisher_bound,
     generic_witness_bound,
     mpm_bound,
+    regularise_covariance,
     robust_fisher_bound,
 )
 
@@ -88,6 +89,26 @@ def test_mpm_and_robust_never_exceed_fisher():
     fisher = fisher_bound(mp, cp, mq, cq)
     assert torch.all(mpm_bound(mp, cp, mq, cq) <= fisher + 1e-9)
     assert torch.all(robust_fisher_bound(mp, cp, mq, cq) <= fisher + 1e-9)
+
+
+def test_robust_fisher_matches_brute_force_over_the_ball():
+    g = torch.Generator().manual_seed(2)
+    t = torch.linspace(0, 2 * torch.pi, 400001, dtype=torch.float64)
+    circle = torch.stack([t.cos(), t.sin()], -1)
+    for scale in (1.0, 1e-3, 1e3):  # eigenvalues of A from well to badly scaled
+        a, b = torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64)
+        cp, cq = a @ a.T * scale + 0.01 * torch.eye(2, dtype=torch.float64), b @ b.T
+        mp, mq = torch.tensor([3.0, -1.0], dtype=torch.float64), torch.tensor([0.5, 0.7], dtype=torch.float64)
+        rho, r = 0.2, 0.05
+        frob = torch.linalg.matrix_norm(cp) + torch.linalg.matrix_norm(cq)
+        m = torch.linalg.inv(regularise_covariance(cp + cq, 1e-4) + r * frob * torch.eye(2, dtype=torch.float64))
+        radius = rho * (mp.norm() + mq.norm())
+        deltas = (mp - mq) + radius * circle  # the minimum lies on the sphere: Δ is outside the ball
+        f = torch.einsum("ni,ij,nj->n", deltas, m, deltas).min()
+        got = robust_fisher_bound(mp, cp, mq, cq, rho=rho, r=r)
+        assert float(got) == pytest.approx(float(f / (2 + f)), rel=1e-8)
+    inside = robust_fisher_bound(mp, cp, mp + 0.01, cq, rho=rho)  # the ball holds Δ = 0
+    assert float(inside) == 0.0
 
 
 def test_mpm_two_dim_matches_brute_force_line_search():
