@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch_geometric.data import Batch
@@ -61,6 +62,10 @@ class MetanetworkEditor(L.LightningModule):
         requirement: a name in :data:`~lightning_edit.metanet.requirements.REQUIREMENTS` or a Requirement.
         requirement_args: its arguments, e.g. ``{"sparsity": 0.6}`` or ``{"k": 5}``.
         lam: weight λ of the function-preservation term.
+        task_weight: weight ``μ`` of an added term ``μ · CE(f_θ', y)``, the edited network's cross-entropy on the
+            data batch's labels (default 0: the paper's objective). Our addition: the JSD counts every changed
+            decision against the edit, while a fairness edit has to change some, and the labels say which ones
+            cost accuracy. It is the signal the fine-tuning baselines train on.
         hidden, num_layers, num_positions, max_layers: see :class:`GraphMetanetwork`.
         lr: Adam learning rate.
         requirement_weight: weight ``w`` of the requirement term; with ``constraint="lagrangian"``, the
@@ -95,7 +100,7 @@ class MetanetworkEditor(L.LightningModule):
         gate_prior_scale: the prior's initial weight ``α`` (learned; :class:`GraphMetanetwork` ``prior_scale``).
 
     Raises:
-        ValueError: an unknown requirement name or bad requirement arguments, a negative λ, an unknown
+        ValueError: an unknown requirement name or bad requirement arguments, a negative λ or ``task_weight``, an unknown
             ``constraint``, a (proxy-)Lagrangian for a requirement without a target, a non-positive
             ``multiplier_lr``, a ``kernel_size`` below 1, an unknown ``gate_prior`` or ``gate_granularity``, a
             ``gate_prior_scale`` <= 0,
@@ -108,12 +113,14 @@ class MetanetworkEditor(L.LightningModule):
                  hidden: int = 64, num_layers: int = 3, num_positions: int = 256, max_layers: int = 8, lr: float = 1e-3,
                  requirement_weight: float = 10.0, gate_conditioned: bool = True, constraint: str = "penalty",
                  multiplier_lr: float = 0.5, kernel_size: int = 1, gate_bias: float = 4.0, gate_prior: str | None = None,
-                 gate_granularity: str | None = None, gate_prior_scale: float = 1.0) -> None:
+                 gate_granularity: str | None = None, gate_prior_scale: float = 1.0, task_weight: float = 0.0) -> None:
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}.")
+        if task_weight < 0:
+            raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
         self.requirement: Requirement = make_requirement(requirement, requirement_args)
         if constraint not in ("penalty", "lagrangian", "proxy_lagrangian"):
             raise ValueError(f"constraint must be 'penalty', 'lagrangian' or 'proxy_lagrangian', got {constraint!r}.")
@@ -134,7 +141,7 @@ class MetanetworkEditor(L.LightningModule):
                                    "gate_conditioned": gate_conditioned, "constraint": constraint,
                                    "multiplier_lr": multiplier_lr, "kernel_size": kernel_size, "gate_bias": gate_bias,
                                    "gate_prior": gate_prior, "gate_granularity": gate_granularity,
-                                   "gate_prior_scale": gate_prior_scale})
+                                   "gate_prior_scale": gate_prior_scale, "task_weight": task_weight})
         self.metanet = self._build_metanet()
         self._pool_units()
         self.register_buffer("multiplier", torch.tensor(float(requirement_weight)))
@@ -219,16 +226,23 @@ class MetanetworkEditor(L.LightningModule):
         params = self.edited_parameters(graph, out, templates)
         lagrangian, proxy = self.hparams.constraint != "penalty", self.hparams.constraint == "proxy_lagrangian"
         term = self.requirement.violation if lagrangian else self.requirement.loss
-        reqs, jsds, exacts = [], [], []
+        task_weight = self.hparams.task_weight
+        reqs, jsds, exacts, ces = [], [], [], []
         for t, p, net in zip(templates, params, self.split_output(graph, out)):
             logits = functional_call(t, p, (x,))
             reqs.append(term(net, logits, y, s))
             jsds.append(jensen_shannon(t(x).detach(), logits))
             if proxy:
                 exacts.append(self.requirement.exact_violation(logits, y, s))
+            if task_weight > 0:
+                ces.append(F.cross_entropy(logits, y))
         req, jsd = torch.stack(reqs).mean(), torch.stack(jsds).mean()
         weight = self.multiplier.clone() if lagrangian else self.hparams.requirement_weight
         loss = weight * req + self.hparams.lam * jsd
+        if task_weight > 0:
+            task = torch.stack(ces).mean()
+            loss = loss + task_weight * task
+            self.log("train/task_loss", task, batch_size=len(templates))
         if lagrangian:  # dual ascent; on-device, no host sync
             signal = torch.stack(exacts).mean() if proxy else req.detach()
             with torch.no_grad():

@@ -310,6 +310,25 @@ def test_proxy_lagrangian_multiplier_follows_the_exact_gap(zoo_large_batches, tm
     assert fit("proxy_lagrangian") == 0.0
 
 
+def test_task_term_is_the_only_signal_when_the_requirement_is_met_and_lam_is_zero(zoo, tmp_path):
+    def fit(task_weight):
+        L.seed_everything(0)
+        editor = MetanetworkEditor("bias_mitigation", {"target": 1.0}, lam=0.0, hidden=8, num_layers=1,
+                                   task_weight=task_weight)
+        before = [p.detach().clone() for p in editor.parameters()]
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                  default_root_dir=str(tmp_path)).fit(editor, zoo)
+        return all(torch.equal(a, b) for a, b in zip(before, editor.parameters())), editor.trainer.callback_metrics
+
+    unchanged, _ = fit(0.0)  # zero loss: Adam leaves every weight where it was
+    assert unchanged
+    unchanged, metrics = fit(1.0)  # the labels' cross-entropy alone moves the editor
+    assert not unchanged and 0.0 < float(metrics["train/task_loss"]) < 1.0
+    with pytest.raises(ValueError, match="task_weight must be >= 0"):
+        MetanetworkEditor("bias_mitigation", task_weight=-1.0)
+
+
 def test_single_threshold_meets_the_level_without_the_sensitive_attribute(zoo):
     model = zoo.models[zoo.test_idx[0]]
     xv, yv, sv = zoo.data.val_set.tensors
