@@ -105,8 +105,9 @@ class MetanetworkEditor(L.LightningModule):
     Raises:
         ValueError: an unknown requirement name or bad requirement arguments, a negative λ or ``task_weight``, an unknown
             ``constraint``, a (proxy-)Lagrangian for a requirement without a target, a non-positive
-            ``multiplier_lr``, a ``kernel_size`` below 1, an unknown ``gate_prior`` or ``gate_granularity``, a
-            ``gate_prior_scale`` <= 0,
+            ``multiplier_lr``, a ``multiplier_lr`` other than the default with ``constraint="penalty"`` (it has no
+            multiplier), a ``kernel_size`` below 1, an unknown ``gate_prior`` or ``gate_granularity``, a
+            ``gate_prior_scale`` <= 0 or other than the default without the prior,
             ``gate_granularity="weight"`` for a requirement other than weight pruning (at construction); a requirement the data cannot meet,
             e.g. ``k`` above the number of inputs or no sensitive attribute, or a population whose kernels differ
             from ``kernel_size`` (at ``setup``).
@@ -138,6 +139,12 @@ class MetanetworkEditor(L.LightningModule):
                              f"{self.requirement.name!r} gates edges or inputs: use gate_granularity='edge'.")
         if multiplier_lr <= 0:
             raise ValueError(f"multiplier_lr must be > 0, got {multiplier_lr}.")
+        if constraint == "penalty" and multiplier_lr != 0.5:
+            raise ValueError(f"multiplier_lr={multiplier_lr} steps the Lagrange multiplier, which constraint='penalty' does "
+                             f"not have: use constraint='lagrangian' (or 'proxy_lagrangian'), or drop multiplier_lr.")
+        if gate_prior == "none" and gate_prior_scale != 1.0:
+            raise ValueError(f"gate_prior_scale={gate_prior_scale} weights the magnitude prior, which gate_prior='none' "
+                             f"does not use: set gate_prior='magnitude', or drop gate_prior_scale.")
         self.save_hyperparameters({"requirement": self.requirement.name, "requirement_args": self.requirement.arguments(),
                                    "lam": lam, "hidden": hidden, "num_layers": num_layers, "num_positions": num_positions,
                                    "max_layers": max_layers, "lr": lr, "requirement_weight": requirement_weight,

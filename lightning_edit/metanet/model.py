@@ -102,7 +102,8 @@ class GraphMetanetwork(nn.Module):
             CNN, a departure from the paper's MLP-only editor). The same for MLPs, where an edge is one weight.
 
     Raises:
-        ValueError: an unknown ``gate_granularity`` or ``gate_prior``, or ``prior_scale <= 0`` (at construction).
+        ValueError: an unknown ``gate_granularity`` or ``gate_prior``, ``prior_scale <= 0``, or a ``prior_scale``
+            other than 1 with ``gate_prior="none"`` (it would have no effect) (at construction).
     """
 
     def __init__(self, kernel_dim: int = 1, num_positions: int = 256, max_layers: int = 8, hidden: int = 64,
@@ -129,6 +130,9 @@ class GraphMetanetwork(nn.Module):
         self.scale = nn.Parameter(torch.full((max_layers + 1,), init_scale))
         if prior_scale <= 0:
             raise ValueError(f"prior_scale must be > 0 (the initial weight of the magnitude prior), got {prior_scale}.")
+        if gate_prior == "none" and prior_scale != 1.0:
+            raise ValueError(f"prior_scale={prior_scale} weights the magnitude prior, which gate_prior='none' does not "
+                             f"use: set gate_prior='magnitude', or drop prior_scale.")
         self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale))) if gate_prior == "magnitude" else None
         self.num_positions, self.max_layers, self.gate_granularity = num_positions, max_layers, gate_granularity
 

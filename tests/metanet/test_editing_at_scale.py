@@ -204,6 +204,12 @@ def test_weight_granularity_gates_prune_exactly_round_s_w_single_weights():
     with pytest.raises(ValueError, match="prior_scale must be > 0"):
         MetanetworkEditor("weight_pruning", gate_prior_scale=0.0)
     assert float(MetanetworkEditor("weight_pruning", gate_prior_scale=0.1).metanet.prior_scale) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="gate_prior_scale=0.1 weights the magnitude prior, which gate_prior='none'"):
+        MetanetworkEditor("weight_pruning", gate_prior="none", gate_prior_scale=0.1)
+    with pytest.raises(ValueError, match="gate_prior_scale=2.0 weights the magnitude prior"):
+        MetanetworkEditor("bias_mitigation", gate_prior_scale=2.0)  # no prior by default for this requirement
+    with pytest.raises(ValueError, match="prior_scale=0.5 weights the magnitude prior"):
+        GraphMetanetwork(gate_prior="none", prior_scale=0.5)
 
 
 def test_cnn_pruning_editor_checkpoints_reload_as_trained_old_and_new(tmp_path):
@@ -283,6 +289,9 @@ def test_lagrangian_multiplier_rises_while_violated_and_falls_once_met(zoo_large
         MetanetworkEditor("bias_mitigation", constraint="barrier")
     with pytest.raises(ValueError, match="multiplier_lr must be > 0"):
         MetanetworkEditor("bias_mitigation", constraint="lagrangian", multiplier_lr=0.0)
+    with pytest.raises(ValueError, match="multiplier_lr=0.1 steps the Lagrange multiplier, which constraint='penalty'"):
+        MetanetworkEditor("bias_mitigation", multiplier_lr=0.1)
+    assert MetanetworkEditor("bias_mitigation", constraint="lagrangian", multiplier_lr=0.1).hparams.multiplier_lr == 0.1
 
 
 def test_proxy_lagrangian_multiplier_follows_the_exact_gap(zoo_large_batches, tmp_path, monkeypatch):
