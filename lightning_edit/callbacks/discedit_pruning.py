@@ -102,7 +102,9 @@ class DiscEditPruning(Callback):
     Raises:
         ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
             schedule or sparsity type, ``end_epoch < prune_epoch``, ``end_epoch`` with ``"start"``,
-            ``min_channels < 1``; at ``setup`` for a model with no prunable layer, a pruning epoch at or past
+            ``min_channels < 1``, an argument that could not take effect (a non-default ``witness`` or
+            ``feature_site`` with another ``importance``, a non-linear ``schedule`` for a single prune step,
+            ``recalibration_batches`` with ``recalibrate_bn=False``); at ``setup`` for a model with no prunable layer, a pruning epoch at or past
             ``trainer.max_epochs`` (it would never run), an empty calibration loader, calibration targets that
             are not class indices (or exceed the model's outputs), or a layer that would be pruned to zero
             width; at a prune, before the model changes, for non-finite (NaN/inf) calibration statistics or
@@ -164,6 +166,17 @@ class DiscEditPruning(Callback):
             raise ValueError(f"calibration_batches must be >= 1 or None, got {calibration_batches}.")
         if recalibration_batches is not None and recalibration_batches < 1:
             raise ValueError(f"recalibration_batches must be >= 1 or None, got {recalibration_batches}.")
+        unused = [f"{name}={value!r}" for name, value, default in
+                  (("witness", witness, "fisher"), ("feature_site", feature_site, "conv")) if value != default]
+        if importance != "discedit" and unused:
+            raise ValueError(f"{', '.join(unused)} only change(s) DISCEDIT's scores; importance={importance!r} does not "
+                             "read them: use importance='discedit', or drop them.")
+        if schedule != "linear" and (prune_epoch == "start" or end_epoch is None or end_epoch == prune_epoch):
+            raise ValueError(f"schedule={schedule!r} shapes a ramp over several prune epochs; this callback prunes once. "
+                             "Give end_epoch > prune_epoch, or drop schedule.")
+        if recalibration_batches is not None and not recalibrate_bn:
+            raise ValueError("recalibration_batches is set but recalibrate_bn=False: set recalibrate_bn=True, or drop "
+                             "recalibration_batches.")
         self.sparsity, self.sparsity_type, self.schedule = sparsity, sparsity_type, schedule
         self.at_start = prune_epoch == "start"
         self.prune_epochs = [] if self.at_start else list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))

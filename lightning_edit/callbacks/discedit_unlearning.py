@@ -103,7 +103,8 @@ class DiscEditUnlearning(Callback):
     Raises:
         ValueError: at construction for an empty class list, a ratio neither ``"auto"`` nor in (0, 1),
             ``forget_target``/``max_ratio`` with a fixed ratio or ``std_threshold``, fine-tuning without an
-            ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance; at setup for
+            ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance, a non-default
+            witness with another importance (it would not be read); at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
             ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
             model's outputs or covering all of them, an empty calibration loader, calibration targets that are
@@ -154,6 +155,9 @@ class DiscEditUnlearning(Callback):
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
         get_witness(witness)
+        if importance != "discedit" and witness != "fisher":
+            raise ValueError(f"witness={witness!r} only changes DISCEDIT's scores; importance={importance!r} does not "
+                             "read it: use importance='discedit', or drop witness.")
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs

@@ -183,10 +183,22 @@ def test_user_module_with_custom_batch_structure(tmp_path):
     ({"scope": "model"}, "scope must be one of"),
     ({"min_channels": 0}, "min_channels must be >= 1"),
     ({"prune_epoch": 3, "end_epoch": 1}, "prune_epoch <= end_epoch"),
+    # arguments that could not take effect
+    ({"importance": "l1", "witness": "mpm"}, r"witness='mpm' only change\(s\) DISCEDIT's scores; importance='l1'"),
+    ({"importance": "random", "feature_site": "activation"}, "feature_site='activation' only change"),
+    ({"schedule": "cubic", "prune_epoch": 2}, "schedule='cubic' shapes a ramp over several prune epochs"),
+    ({"schedule": "cubic", "prune_epoch": "start"}, "schedule='cubic' shapes a ramp"),
+    ({"recalibrate_bn": False, "recalibration_batches": 4}, "recalibration_batches is set but recalibrate_bn=False"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DiscEditPruning(**kwargs)
+
+
+def test_arguments_that_take_effect_are_accepted():
+    DiscEditPruning(importance="discedit", witness="mpm", feature_site="activation")
+    DiscEditPruning(schedule="cubic", prune_epoch=1, end_epoch=3)
+    DiscEditPruning(importance="l1", recalibrate_bn=True, recalibration_batches=4)
 
 
 class NoPrunable(L.LightningModule):
