@@ -26,7 +26,9 @@ def shrink(name: str, tmp_path: Path, callback: dict | None = None, max_epochs: 
     cfg.trainer.default_root_dir = str(tmp_path)
     cfg.trainer.accelerator = "cpu"
     cfg.trainer.enable_progress_bar = False
-    callback = callback if callback is not None else {"prune_epoch": 0, "end_epoch": None, "calibration_batches": 2}
+    # one prune step, so no schedule: a ramp could not take effect (DiscEditPruning refuses it)
+    callback = callback if callback is not None else {"prune_epoch": 0, "end_epoch": None, "schedule": "linear",
+                                                      "calibration_batches": 2}
     for k, v in callback.items():
         target = cfg.trainer.callbacks[0].init_args if "callbacks" in cfg.trainer else cfg.model.init_args
         target[k] = v
