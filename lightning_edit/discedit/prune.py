@@ -111,8 +111,8 @@ def channel_scores(
 
     ``normalize`` divides each layer's DISCEDIT / L1 / random scores by their mean over the layer, so that one
     global ranking compares channels relative to their layer (TV bounds and norms differ in scale from layer to
-    layer; torch-pruning normalises its criteria the same way, ``normalizer="mean"``). The authors avoid the
-    question with per-layer budgets; use it with ``scope="global"``.
+    layer; torch-pruning normalises its criteria the same way, ``normalizer="mean"``, so ``normalize`` does not
+    change them). The authors avoid the question with per-layer budgets; use it with ``scope="global"``.
 
     ``"discedit"``: ``min_c`` TV bound between class c and the rest over calibration ``batches`` of
     ``(x, y)`` on the model's device (moments summed by ``reduce_sum`` across DDP ranks when given;
@@ -123,8 +123,9 @@ def channel_scores(
         layer name -> ``(C_out,)`` float64.
 
     Raises:
-        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, or calibration
-            data with fewer than two classes. A class absent from the data only warns (scores use the rest).
+        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, a non-default
+            ``witness``, ``site`` or ``class_reduction`` with another importance (they would not be read), or
+            calibration data with fewer than two classes. A class absent from the data only warns (scores use the rest).
     """
     def check_counts(counts: Tensor) -> None:
         present = int((counts > 0).sum())
@@ -134,6 +135,12 @@ def channel_scores(
             missing = (counts == 0).nonzero().flatten().tolist()
             warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
 
+    unused = [f"{name}={value!r}" for name, value, default in
+              (("witness", witness, "fisher"), ("site", site, "conv"), ("class_reduction", class_reduction, "min"))
+              if value != default]
+    if importance != "discedit" and unused:
+        raise ValueError(f"{', '.join(unused)} only change(s) DISCEDIT's scores; importance={importance!r} does not read "
+                         "them: use importance='discedit', or drop them.")
     if importance in TORCH_PRUNING_IMPORTANCES:
         batches = list(batches) if batches is not None else None
         if example_input is None:

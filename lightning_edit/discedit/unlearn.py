@@ -299,8 +299,13 @@ def unlearning_component_scores(
     ``"random"``: uniform (the baselines mask the same number of components).
 
     Raises:
-        ValueError: if a forget class has no sample in the calibration data (nothing is modified).
+        ValueError: if a forget class has no sample in the calibration data, or for a ``witness`` other than
+            ``"fisher"`` with another importance (it would not be read); nothing is modified.
     """
+    if importance != "discedit" and witness != "fisher":
+        raise ValueError(f"witness={witness!r} only changes DISCEDIT's scores; importance={importance!r} does not read "
+                         "it: use importance='discedit', or drop witness.")
+
     def check_counts(counts: Tensor) -> None:
         absent = [c for c in forget_classes if counts[c] == 0]
         if absent:
@@ -361,7 +366,8 @@ def unlearn(
     Raises:
         ValueError: for forget classes outside the outputs or covering all of them, a forget class absent
             from ``batches``, a ratio that is neither ``"auto"`` nor in (0, 1), ``forget_target``/``max_ratio``
-            with a fixed ratio, or no layer matching ``layers``.
+            with a fixed ratio, a ``witness`` other than ``"fisher"`` with another importance, or no layer
+            matching ``layers``.
     """
     ratio_used, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
     batches = iter(batches)

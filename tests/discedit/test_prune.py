@@ -64,6 +64,10 @@ def test_class_reductions_and_errors():
         model = net()
         prune_channels(model, torch.zeros(1, 1, 8, 8), channel_scores(model, prunable_layers(model), "l1"), 0.95)
     assert model[0].out_channels == 8  # untouched after the error
+    for importance, kwargs in (("l1", {"witness": "mpm"}), ("random", {"site": "activation"}),
+                               ("tp_l2", {"class_reduction": "max"})):
+        with pytest.raises(ValueError, match=f"only change\\(s\\) DISCEDIT's scores; importance='{importance}'"):
+            channel_scores(model, prunable_layers(model), importance, **kwargs)
 
 
 @pytest.mark.parametrize("importance", ["tp_l1", "tp_l2", "taylor", "bn_scale", "lamp"])

@@ -90,6 +90,10 @@ def test_bad_input(trained):
     no3 = [(x[y != 3], y[y != 3]) for x, y in calib]
     with pytest.raises(ValueError, match="no sample of forget class"):
         unlearn(module, no3, [3])
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(ValueError, match="witness='mpm' only changes DISCEDIT's scores; importance='l1'"):
+        unlearn(module, calib, [3], importance="l1", witness="mpm", inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
 def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained):
