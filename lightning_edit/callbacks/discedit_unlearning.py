@@ -33,7 +33,7 @@ from lightning_edit.callbacks._common import (
     stage_loader,
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import get_witness
+from lightning_edit.discedit.scores import check_discedit_options, get_witness
 from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
@@ -155,9 +155,7 @@ class DiscEditUnlearning(Callback):
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
         get_witness(witness)
-        if importance != "discedit" and witness != "fisher":
-            raise ValueError(f"witness={witness!r} only changes DISCEDIT's scores; importance={importance!r} does not "
-                             "read it: use importance='discedit', or drop witness.")
+        check_discedit_options(importance, witness=(witness, "fisher"))
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs

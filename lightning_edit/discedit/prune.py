@@ -12,7 +12,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import pruning_scores, score_components
+from lightning_edit.discedit.scores import check_discedit_options, pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
     apply_pruning,
@@ -135,12 +135,8 @@ def channel_scores(
             missing = (counts == 0).nonzero().flatten().tolist()
             warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
 
-    unused = [f"{name}={value!r}" for name, value, default in
-              (("witness", witness, "fisher"), ("site", site, "conv"), ("class_reduction", class_reduction, "min"))
-              if value != default]
-    if importance != "discedit" and unused:
-        raise ValueError(f"{', '.join(unused)} only change(s) DISCEDIT's scores; importance={importance!r} does not read "
-                         "them: use importance='discedit', or drop them.")
+    check_discedit_options(importance, witness=(witness, "fisher"), site=(site, "conv"),
+                           class_reduction=(class_reduction, "min"))
     if importance in TORCH_PRUNING_IMPORTANCES:
         batches = list(batches) if batches is not None else None
         if example_input is None:

@@ -29,6 +29,18 @@ WITNESS_FUNCTIONS: dict[str, Witness] = {
 }
 
 
+def check_discedit_options(importance: str, **options: tuple[object, object]) -> None:
+    """Refuse DISCEDIT-only options (``name=(value, default)``) set away from their default under another importance.
+
+    Raises:
+        ValueError: naming every such option, when ``importance != "discedit"``: it would not be read.
+    """
+    changed = [f"{name}={value!r}" for name, (value, default) in options.items() if value != default]
+    if importance != "discedit" and changed:
+        raise ValueError(f"{', '.join(changed)} only change(s) DISCEDIT's scores; importance={importance!r} does not "
+                         "read them: use importance='discedit', or drop them.")
+
+
 def get_witness(name: str) -> Witness:
     """Look up a witness by name.
 

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import score_components, unlearning_scores
+from lightning_edit.discedit.scores import check_discedit_options, score_components, unlearning_scores
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload, prunable_layers
 
 
@@ -302,9 +302,7 @@ def unlearning_component_scores(
         ValueError: if a forget class has no sample in the calibration data, or for a ``witness`` other than
             ``"fisher"`` with another importance (it would not be read); nothing is modified.
     """
-    if importance != "discedit" and witness != "fisher":
-        raise ValueError(f"witness={witness!r} only changes DISCEDIT's scores; importance={importance!r} does not read "
-                         "it: use importance='discedit', or drop witness.")
+    check_discedit_options(importance, witness=(witness, "fisher"))
 
     def check_counts(counts: Tensor) -> None:
         absent = [c for c in forget_classes if counts[c] == 0]
