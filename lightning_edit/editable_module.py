@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -41,7 +42,8 @@ class EditableModule(ClassifierModule):
         model, num_classes, optimizer, lr_scheduler, per_class_accuracy: see :class:`ClassifierModule`.
         editor: the :class:`~lightning_edit.editable.GradientEditor` (default: the authors' RMSProp editor).
         editable_parameters: ``fnmatch`` patterns of the wrapped model's parameter names that edits may change
-            (e.g. ``["layer3.*"]``); ``"auto"``: one inner block, as the authors; None: all.
+            (e.g. ``["layer3.*"]``); ``"auto"``: the editor's own ``editable_parameters`` when it has them, else
+            one inner block, as the authors; None: all.
         edit_coef, locality_coef: c_edit and c_loc (0.01 each in the authors' code).
         edits_per_step: edit samples drawn from each training batch (edited together).
         train_edit_steps: editor steps during training (default: the editor's ``max_steps``). They run without
@@ -52,14 +54,18 @@ class EditableModule(ClassifierModule):
             eval-mode edited model); ``"eval"``, one extra no-grad forward in eval mode (like against like).
             Measured (ResNet-20, Fashion-MNIST, 3 epochs): ``"eval"`` with a learned editor lr collapsed the model to
             89% test error; ``"train"`` did not.
-        val_edits: edits evaluated each validation epoch (0 disables).
+        val_edits: edits evaluated each validation epoch (0 disables), the first samples of the first
+            ``val_drawdown_batches`` validation batches (a warning when they hold fewer).
         val_drawdown_batches: validation batches on which drawdown is measured.
         seed: seed of the validation edit targets.
 
     Raises:
         ValueError: if ``editable_parameters`` match nothing or none requires grad (at construction and setup),
-            for negative coefficients / ``edits_per_step < 1`` / ``max_grad_norm <= 0``, or if ``"auto"`` finds
-            no inner block.
+            for negative coefficients / ``edits_per_step < 1`` / ``train_edit_steps < 1`` / ``max_grad_norm <= 0``
+            / ``val_edits < 0`` / ``val_drawdown_batches < 1`` with validation edits, or if ``"auto"`` finds no
+            inner block. Arguments that could not take effect are errors too: ``locality_reference="eval"`` with
+            ``locality_coef=0``; ``edits_per_step`` or ``train_edit_steps`` when both coefficients are 0 (no edit
+            is made in training); an editor whose own ``editable_parameters`` differ from explicit module ones.
     """
 
     _object_hparams = ("model", "optimizer", "lr_scheduler", "editor")
@@ -93,11 +99,29 @@ class EditableModule(ClassifierModule):
         self.locality_reference = locality_reference
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}.")
+        if train_edit_steps is not None and train_edit_steps < 1:
+            raise ValueError(f"train_edit_steps must be >= 1 (or None: the editor's max_steps), got {train_edit_steps}.")
+        if val_edits < 0 or (val_edits > 0 and val_drawdown_batches < 1):
+            raise ValueError(f"Need val_edits >= 0 and, when val_edits > 0, val_drawdown_batches >= 1 (the batches the "
+                             f"edits are drawn from); got {val_edits}, {val_drawdown_batches}. val_edits=0 turns the "
+                             "validation edits off.")
+        if locality_coef == 0 and locality_reference != "train":
+            raise ValueError(f"locality_reference={locality_reference!r} picks the reference of the locality term, which "
+                             "locality_coef=0 turns off; drop it or set locality_coef > 0.")
+        if edit_coef == 0 and locality_coef == 0 and (edits_per_step != 1 or train_edit_steps is not None):
+            raise ValueError(f"edits_per_step={edits_per_step} / train_edit_steps={train_edit_steps} shape the edits made "
+                             "during training, and edit_coef = locality_coef = 0 makes none (plain training); drop them "
+                             "or set a coefficient > 0.")
         self.editor = editor if editor is not None else GradientEditor()
+        own = getattr(self.editor, "editable_parameters", None)
         if isinstance(editable_parameters, str):
             if editable_parameters != "auto":
                 raise ValueError(f"editable_parameters must be a list of patterns, 'auto' or None, got {editable_parameters!r}.")
-            editable_parameters = default_editable_parameters(self.model)
+            editable_parameters = list(own) if own is not None else default_editable_parameters(self.model)
+        elif own is not None and list(own) != list(editable_parameters or []):
+            raise ValueError(f"The editor's editable_parameters={list(own)} and the module's {editable_parameters} differ; "
+                             "the module's would win silently. Give the patterns once: on the module, or on the editor "
+                             "with the module's editable_parameters='auto'.")
         self.editable_parameters = editable_parameters
         self.max_grad_norm = max_grad_norm
         select_parameters(self.model, editable_parameters)
@@ -185,7 +209,13 @@ class EditableModule(ClassifierModule):
             return
         with torch.inference_mode(False):
             cache = [(x.clone(), y.clone()) for x, y in cache]
-            edit_x, y = cache[0][0][: self.val_edits], cache[0][1][: self.val_edits]
+            edit_x = torch.cat([x for x, _ in cache])[: self.val_edits]
+            y = torch.cat([t for _, t in cache])[: self.val_edits]
+            if len(edit_x) < self.val_edits and not getattr(self, "_warned_few_edits", False):
+                self._warned_few_edits = True
+                rank_zero_warn(f"EditableModule: val_edits={self.val_edits}, but the first val_drawdown_batches="
+                               f"{self.val_drawdown_batches} validation batches hold {len(edit_x)} samples; measuring "
+                               f"{len(edit_x)} edits. Raise val_drawdown_batches for more.")
             edit_y = random_wrong_labels(y.cpu(), self.num_classes, torch.Generator().manual_seed(self.seed)).to(y.device)
             m = self.edit_metrics(edit_x, edit_y, cache)
         self.log_dict({"edit/success_rate": m.success_rate, "edit/mean_steps": m.mean_steps,

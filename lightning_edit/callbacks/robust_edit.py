@@ -52,8 +52,10 @@ class RobustEditReport(Callback):
         inputs_targets: ``batch -> (inputs, class_indices)``.
 
     Raises:
-        ValueError: at construction for ``eps < 0``, ``num_edits < 1``, ``retain_batches < 0``, an unknown editor
-            name or arguments it rejects, or two editors with the same label.
+        ValueError: at construction for ``eps < 0``, ``num_edits < 1``, ``retain_batches < 0``, ``eval_batches < 1``,
+            ``pgd_steps < 1``, an unknown editor name or arguments it rejects, two editors with the same label, or
+            ``num_edits`` / ``edit_class`` / ``retain_batches`` set away from their defaults without any editor,
+            or ``retain_batches`` set when no editor takes retain data (they would do nothing).
     """
 
     def __init__(
@@ -68,6 +70,15 @@ class RobustEditReport(Callback):
             raise ValueError(f"num_edits must be >= 1, got {num_edits}.")
         if retain_batches < 0:
             raise ValueError(f"retain_batches must be >= 0, got {retain_batches}.")
+        if eval_batches < 1 or pgd_steps < 1:
+            raise ValueError(f"Need eval_batches >= 1 and pgd_steps >= 1, got {eval_batches}, {pgd_steps}.")
+        if editor is None and not editors:
+            unread = [f"{name}={value}" for name, value, default in
+                      (("num_edits", num_edits, 16), ("edit_class", edit_class, None), ("retain_batches", retain_batches, 8))
+                      if value != default]
+            if unread:
+                raise ValueError(f"{', '.join(unread)} shape the edit set, but no editor is given (editor=None, no "
+                                 "editors), so nothing is edited; pass an editor or drop them.")
         self.editors: dict[str, Editor] = {} if editor is None else {"edited": editor}
         for spec in editors or []:
             args = dict(spec)
@@ -78,6 +89,11 @@ class RobustEditReport(Callback):
             if label in self.editors:
                 raise ValueError(f"Two editors are labelled {label!r}; give each a distinct 'label'.")
             self.editors[label] = make_editor(name, **args)
+        takes_retain = [label for label, e in self.editors.items() if "retain" in inspect.signature(e.edit).parameters]
+        if self.editors and not takes_retain and retain_batches not in (0, 8):
+            raise ValueError(f"retain_batches={retain_batches} feeds the editors' locality term, but none of "
+                             f"{sorted(self.editors)} takes retain data (the gradient and metanetwork editors do not); "
+                             "drop it or add a finetune / interpolation / low_rank editor.")
         self.editor, self.num_edits, self.edit_class, self.eps = editor, num_edits, edit_class, eps
         self.pgd_steps, self.eval_batches, self.corruptions, self.input_std = pgd_steps, eval_batches, corruptions, input_std
         self.retain_batches = retain_batches

@@ -106,6 +106,31 @@ def default_editable_parameters(model: nn.Module) -> list[str]:
     return [f"{name}.*"]
 
 
+_DEFAULT_MOMENTUM, _DEFAULT_BETA, _DEFAULT_EPS, _DEFAULT_LR_BOUNDS = 0.9, 0.5, 1e-6, (1e-7, 10.0)
+
+
+def check_method_options(method: str, momentum: float, beta: float, eps: float, learn_lr: bool,
+                         lr_bounds: Sequence[float]) -> None:
+    """Refuse an editor option that ``method`` (or a fixed lr) never reads, when set away from its default.
+
+    Raises:
+        ValueError: naming the option, the method that ignores it, and the fix.
+    """
+    unread = []
+    if method not in ("momentum", "adam") and momentum != _DEFAULT_MOMENTUM:
+        unread.append(f"momentum={momentum} (read by method 'momentum' and 'adam' only)")
+    if method not in ("rmsprop", "adam"):
+        if beta != _DEFAULT_BETA:
+            unread.append(f"beta={beta} (the second-moment decay of 'rmsprop' and 'adam')")
+        if eps != _DEFAULT_EPS:
+            unread.append(f"eps={eps} (inside the square root of 'rmsprop' and 'adam')")
+    if not learn_lr and tuple(float(b) for b in lr_bounds) != _DEFAULT_LR_BOUNDS:
+        unread.append(f"lr_bounds={tuple(lr_bounds)} (bounds a learned lr; learn_lr=False keeps lr fixed)")
+    if unread:
+        raise ValueError(f"GradientEditor(method={method!r}, learn_lr={learn_lr}) would ignore " + "; ".join(unread)
+                         + ". Drop these arguments, or choose a method (or learn_lr=True) that uses them.")
+
+
 class GradientEditor(nn.Module):
     """In-graph gradient descent on the edit loss, with a learned RMSProp decay and an optional learned lr.
 
@@ -147,13 +172,15 @@ class GradientEditor(nn.Module):
     Raises:
         ValueError: for a non-positive lr, ``max_steps < 1``, an unknown method, β outside (0, 1), a non-positive
             ε or update norm, an lr outside ``lr_bounds`` when learned, or ``learn_beta=True`` with a method
-            that has no β (``"sgd"``, ``"momentum"``).
+            that has no β (``"sgd"``, ``"momentum"``). An option the method does not read, set away from its
+            default, is an error too: ``momentum`` without ``"momentum"``/``"adam"``, ``beta`` or ``eps`` with
+            ``"sgd"``/``"momentum"``, ``lr_bounds`` with ``learn_lr=False``.
     """
 
     def __init__(
-        self, lr: float = 1e-3, max_steps: int = 10, method: Method = "rmsprop", momentum: float = 0.9,
-        beta: float = 0.5, eps: float = 1e-6, learn_lr: bool = True, learn_beta: bool | None = None,
-        lr_bounds: tuple[float, float] = (1e-7, 10.0), max_update_norm: float | None = None,
+        self, lr: float = 1e-3, max_steps: int = 10, method: Method = "rmsprop", momentum: float = _DEFAULT_MOMENTUM,
+        beta: float = _DEFAULT_BETA, eps: float = _DEFAULT_EPS, learn_lr: bool = True, learn_beta: bool | None = None,
+        lr_bounds: tuple[float, float] = _DEFAULT_LR_BOUNDS, max_update_norm: float | None = None,
         editable_parameters: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -168,6 +195,7 @@ class GradientEditor(nn.Module):
         if learn_beta and not has_beta:
             raise ValueError(f"learn_beta=True needs method 'rmsprop' or 'adam' (method {method!r} has no beta); "
                              "set learn_beta=False.")
+        check_method_options(method, momentum, beta, eps, learn_lr, lr_bounds)
         lo, hi = (math.log(b) for b in lr_bounds)
         if learn_lr and not lo < math.log(lr) < hi:
             raise ValueError(f"A learned lr must start strictly inside lr_bounds={tuple(lr_bounds)}, got lr={lr}.")

@@ -119,6 +119,32 @@ def test_bad_input(trained):
         EditableModule(SmallCNN(1, 10), max_grad_norm=0.0)
 
 
+def test_options_that_could_not_take_effect_are_errors():
+    with pytest.raises(ValueError, match=r"would ignore momentum=0.5 \(read by method 'momentum'"):
+        GradientEditor(method="rmsprop", momentum=0.5)
+    with pytest.raises(ValueError, match=r"would ignore beta=0.9 .*; eps=0.001"):
+        GradientEditor(method="sgd", beta=0.9, eps=1e-3)
+    with pytest.raises(ValueError, match=r"lr_bounds=\(1e-05, 1.0\) \(bounds a learned lr"):
+        GradientEditor(learn_lr=False, lr_bounds=(1e-5, 1.0))
+    GradientEditor(method="adam", momentum=0.8, beta=0.9, eps=1e-8)  # adam reads all three
+    GradientEditor(method="momentum", momentum=0.5)
+    GradientEditor(learn_lr=True, lr_bounds=(1e-5, 1.0))
+    with pytest.raises(ValueError, match="locality_coef=0 turns off"):
+        EditableModule(SmallCNN(1, 10), locality_coef=0.0, locality_reference="eval")
+    with pytest.raises(ValueError, match="edit_coef = locality_coef = 0 makes none"):
+        EditableModule(SmallCNN(1, 10), edit_coef=0.0, locality_coef=0.0, edits_per_step=4)
+    with pytest.raises(ValueError, match="train_edit_steps must be >= 1"):
+        EditableModule(SmallCNN(1, 10), train_edit_steps=0)
+    with pytest.raises(ValueError, match="val_drawdown_batches >= 1"):
+        EditableModule(SmallCNN(1, 10), val_drawdown_batches=0)
+    EditableModule(SmallCNN(1, 10), val_edits=0, val_drawdown_batches=0)  # no validation edits: nothing to read
+    own = GradientEditor(editable_parameters=["classifier.*"])
+    with pytest.raises(ValueError, match="the module's would win silently"):
+        EditableModule(SmallCNN(1, 10), editor=own, editable_parameters=["hidden.*"])
+    assert EditableModule(SmallCNN(1, 10), editor=own).editable_parameters == ["classifier.*"]  # "auto" defers to it
+    assert EditableModule(SmallCNN(1, 10), editor=own, editable_parameters=["classifier.*"]).editable_parameters == ["classifier.*"]
+
+
 def test_editable_module_trains_logs_edit_metrics_and_edits(tmp_path):
     L.seed_everything(0)
     module = EditableModule(SmallCNN(1, 10), optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
@@ -126,10 +152,11 @@ def test_editable_module_trains_logs_edit_metrics_and_edits(tmp_path):
                             edit_coef=0.1, locality_coef=0.1, val_edits=4, val_drawdown_batches=2)
     trainer = L.Trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
-    dm = DigitsDataModule()
+    dm = DigitsDataModule(batch_size=3)  # the 4 validation edits span the 2 cached batches
     trainer.fit(module, dm)
     for key in ("edit/success_rate", "edit/mean_steps", "edit/drawdown", "train_edit_loss", "train_locality_loss"):
         assert key in trainer.callback_metrics
+    assert module.last_edit_metrics.num_edits == 4
     x = dm.test_set.x[:1]
     target = (module(x).argmax(1) + 1) % 10
     edited, result = module.edit(x, target, max_steps=50)

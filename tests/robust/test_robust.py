@@ -266,3 +266,19 @@ def test_callback_compares_editors_by_name(tmp_path):
     assert cb.results["editors"]["ft"]["edit"]["drift"] is not None  # the locality term was on (retain batches given)
     with pytest.raises(ValueError, match="Unknown editor"):
         RobustEditReport(editors=[{"name": "nope"}])
+
+
+def test_callback_refuses_arguments_that_could_not_take_effect():
+    with pytest.raises(ValueError, match=r"edit_class=3.*no editor"):
+        RobustEditReport(edit_class=3)
+    with pytest.raises(ValueError, match=r"num_edits=4, retain_batches=2.*no editor"):
+        RobustEditReport(num_edits=4, retain_batches=2)
+    with pytest.raises(ValueError, match="retain_batches=4 feeds the editors' locality term"):
+        RobustEditReport(editors=[{"name": "gradient", "editable_parameters": ["hidden.*"]}], retain_batches=4)
+    with pytest.raises(ValueError, match="eval_batches >= 1"):
+        RobustEditReport(eval_batches=0)
+    with pytest.raises(ValueError, match="pgd_steps >= 1"):
+        RobustEditReport(pgd_steps=0)
+    RobustEditReport()  # the defaults: a report on the model alone
+    RobustEditReport(editors=[{"name": "gradient", "editable_parameters": ["hidden.*"]}], retain_batches=0)
+    RobustEditReport(editors=[{"name": "finetune"}], retain_batches=4, edit_class=3)
