@@ -1,0 +1,147 @@
+"""Where DISCEDIT-SP loses: prune one layer at a time and compare the criteria layer by layer.
+
+The whole-network benchmark (``accuracy_fashion_mnist.py``) ranks DISCEDIT below random on VGG-11 after BatchNorm
+recalibration. This script asks in which layers. For each seed the network of that benchmark is trained anew
+(same seed, same recipe); every criterion scores all layers once on the same calibration sample; then, for
+each conv layer alone, a copy loses ``fraction`` of that layer's channels by each criterion, its BatchNorm
+statistics are re-estimated on the same recalibration sample, and its test accuracy is measured (all 10,000
+test images). Taylor is left out (it needs a loss at scoring time, and the whole-network table has it).
+
+Writes ``results.json``, ``table.md`` and ``sensitivity.png`` (test accuracy against layer, one line per
+criterion, one panel per fraction) to ``--out``.
+
+    python benchmarks/pruning_layer_sensitivity.py [--width 0.25] [--seeds 3] [--fractions 0.5 0.75]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from _common import RESULTS, datamodule, vgg
+from accuracy_fashion_mnist import ARMS, sample_batches, test_acc, trainer
+
+from lightning_edit import ClassifierModule
+from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
+
+LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "L2 (torch-pruning group)",
+          "BN scale (torch-pruning)", "random"]
+
+
+def mean_std(v: list[float]) -> tuple[float, float]:
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-subset", type=int, default=20000)
+    ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75], help="channels removed from the one layer")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
+    out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_w{args.width:g}")
+    dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
+    dm.setup()
+    x_test, y_test = dm.test_set.x, dm.test_set.y
+    example = torch.zeros(1, 1, side, side)
+    results: dict[str, list[float]] = {}
+    dense_accs: list[float] = []
+    dense_recal_accs: list[float] = []  # the unpruned network after the same recalibration: the reference
+    layer_names: list[str] = []
+    widths: dict[str, int] = {}
+
+    def write() -> None:
+        lines = [f"Dense test accuracy {mean_std(dense_accs)[0]:.3f} ± {mean_std(dense_accs)[1]:.3f} (VGG-11, width "
+                 f"{args.width:g}, {len(dense_accs)} seeds); after the same BatchNorm recalibration, unpruned: "
+                 f"{mean_std(dense_recal_accs)[0]:.3f} ± {mean_std(dense_recal_accs)[1]:.3f}. One layer pruned at a time, "
+                 "BN-recalibrated, no fine-tuning.", ""]
+        for fraction in args.fractions:
+            lines += [f"**{fraction:.0%} of one layer's channels removed**", "",
+                      "| layer | channels | " + " | ".join(LABELS) + " |", "|---|---|" + "---|" * len(LABELS)]
+            for name in layer_names:
+                cells = []
+                row = {lab: results.get(f"{fraction}|{name}|{lab}") for lab in LABELS}
+                best = max(mean_std(v)[0] for v in row.values() if v)
+                for lab in LABELS:
+                    m, s = mean_std(row[lab])
+                    cells.append(f"**{m:.3f} ± {s:.3f}**" if m == best else f"{m:.3f} ± {s:.3f}")
+                lines.append(f"| {name} | {widths[name]} | " + " | ".join(cells) + " |")
+            lines.append("")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text("\n".join(lines))
+        (out / "results.json").write_text(json.dumps({"settings": vars(args), "layers": layer_names, "widths": widths,
+                                                      "dense_test_accuracy": dense_accs,
+                                                      "dense_recalibrated_test_accuracy": dense_recal_accs, "results": results}, indent=2))
+        plot()
+
+    def plot() -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(args.fractions), figsize=(6 * len(args.fractions), 4), squeeze=False)
+        xs = range(len(layer_names))
+        for ax, fraction in zip(axes[0], args.fractions):
+            for lab in LABELS:
+                stats = [mean_std(results[f"{fraction}|{n}|{lab}"]) for n in layer_names]
+                ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], label=lab, marker="o", capsize=2,
+                            linewidth=2.5 if lab.startswith("DISCEDIT") else 1.2)
+            ax.axhline(mean_std(dense_recal_accs)[0], color="k", linestyle=":", label="unpruned, BN-recalibrated")
+            ax.set_xticks(list(xs), [f"{n}\n({widths[n]})" for n in layer_names], fontsize=7)
+            ax.set_title(f"{fraction:.0%} of one layer's channels removed, BN-recalibrated")
+            ax.set_xlabel("pruned layer (channels)")
+            ax.set_ylabel("test accuracy")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "sensitivity.png", dpi=120)
+        plt.close(fig)
+
+    for seed in range(args.seeds):
+        L.seed_everything(seed, verbose=False)
+        base = ClassifierModule(vgg(side, args.width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
+        t0 = time.perf_counter()
+        trainer(args.epochs).fit(base, datamodule=dm)
+        dense_accs.append(test_acc(base.model, x_test, y_test))
+        calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
+        dense_recal = copy.deepcopy(base.model)
+        recalibrate_batchnorm(dense_recal, recal)
+        dense_recal_accs.append(test_acc(dense_recal, x_test, y_test))
+        print(f"seed {seed}: trained in {time.perf_counter() - t0:.0f} s; dense test acc {dense_accs[-1]:.4f}, "
+              f"BN-recalibrated {dense_recal_accs[-1]:.4f}", flush=True)
+        layers = prunable_layers(base.model)
+        layer_names[:] = list(layers)
+        widths.update({n: int(m.out_channels) for n, m in layers.items()})
+        for lab in LABELS:
+            importance, site, reduction = ARMS[lab]
+            scores = channel_scores(base.model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
+                                    generator=torch.Generator().manual_seed(seed), example_input=example)
+            for name in layer_names:
+                for fraction in args.fractions:
+                    model = copy.deepcopy(base.model)
+                    one = {name: prunable_layers(model)[name]}
+                    prune_channels(model, example, {name: scores[name]}, fraction, one, min_channels=1)
+                    recalibrate_batchnorm(model, recal)
+                    acc = test_acc(model, x_test, y_test)
+                    results.setdefault(f"{fraction}|{name}|{lab}", []).append(acc)
+            print(f"  {lab:<28} " + "  ".join(f"{name}:{results[f'{args.fractions[0]}|{name}|{lab}'][-1]:.3f}"
+                                             for name in layer_names), flush=True)
+        write()
+    print((out / "table.md").read_text())
+    print(f"written: {out}/table.md, results.json, sensitivity.png")
+
+
+if __name__ == "__main__":
+    main()
