@@ -38,7 +38,7 @@ from lightning_edit.callbacks._common import (
 )
 from lightning_edit.discedit.prune import IMPORTANCES, NEEDS_GRADIENTS, channel_scores, prune_channels
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import check_discedit_options, get_witness
+from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
 
 
@@ -104,7 +104,8 @@ class DiscEditPruning(Callback):
             schedule or sparsity type, ``end_epoch < prune_epoch``, ``end_epoch`` with ``"start"``,
             ``min_channels < 1``, an argument that could not take effect (a non-default ``witness`` or
             ``feature_site`` with another ``importance``, a non-linear ``schedule`` for a single prune step,
-            ``recalibration_batches`` with ``recalibrate_bn=False``); at ``setup`` for a model with no prunable
+            ``recalibration_batches`` with ``recalibrate_bn=False``, a ``seed`` other than 0 with an importance other
+            than ``"random"``); at ``setup`` for a model with no prunable
             layer, a pruning epoch at or past ``trainer.max_epochs`` (it would never run), an empty calibration loader, calibration targets that
             are not class indices (or exceed the model's outputs), or a layer that would be pruned to zero
             width; at a prune, before the model changes, for non-finite (NaN/inf) calibration statistics or
@@ -167,6 +168,7 @@ class DiscEditPruning(Callback):
         if recalibration_batches is not None and recalibration_batches < 1:
             raise ValueError(f"recalibration_batches must be >= 1 or None, got {recalibration_batches}.")
         check_discedit_options(importance, witness=(witness, "fisher"), feature_site=(feature_site, "conv"))
+        check_random_seed(importance, seed)
         if schedule != "linear" and (prune_epoch == "start" or end_epoch is None or end_epoch == prune_epoch):
             raise ValueError(f"schedule={schedule!r} shapes a ramp over several prune epochs; this callback prunes once. "
                              "Give end_epoch > prune_epoch, or drop schedule.")

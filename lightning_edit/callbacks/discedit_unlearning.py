@@ -33,7 +33,7 @@ from lightning_edit.callbacks._common import (
     stage_loader,
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import check_discedit_options, get_witness
+from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
@@ -102,7 +102,9 @@ class DiscEditUnlearning(Callback):
 
     Raises:
         ValueError: at construction for an empty class list, a ratio neither ``"auto"`` nor in (0, 1),
-            ``forget_target``/``max_ratio`` with a fixed ratio or ``std_threshold``, fine-tuning without an
+            ``forget_target``/``max_ratio`` with a fixed ratio or ``std_threshold``, a fixed ratio or
+            ``scope="global"`` with ``std_threshold``, a ``seed`` other than 0 with an importance other than
+            ``"random"``, fine-tuning without an
             ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance, a non-default
             witness with another importance (it would not be read); at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
@@ -141,7 +143,8 @@ class DiscEditUnlearning(Callback):
     ) -> None:
         if not forget_classes:
             raise ValueError("forget_classes is empty; name at least one class index to forget.")
-        self.fixed_ratio, self.forget_target, self.max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
+        self.fixed_ratio, self.forget_target, self.max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio,
+                                                                               scope)
         check_edit_epoch(unlearn_epoch, "unlearn_epoch", allow_none=True)
         if finetune_epochs < 0 or (finetune_epochs > 0 and unlearn_epoch is None):
             raise ValueError("finetune_epochs > 0 needs an unlearn_epoch (fine-tuning happens in the following epochs).")
@@ -156,6 +159,7 @@ class DiscEditUnlearning(Callback):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}.")
         get_witness(witness)
         check_discedit_options(importance, witness=(witness, "fisher"))
+        check_random_seed(importance, seed)
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs

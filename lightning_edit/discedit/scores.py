@@ -41,6 +41,17 @@ def check_discedit_options(importance: str, **options: tuple[object, object]) ->
                          "read them: use importance='discedit', or drop them.")
 
 
+def check_random_seed(importance: str, seed: int) -> None:
+    """Refuse a ``seed`` other than 0 when the importance is not ``"random"``, the only one that reads it.
+
+    Raises:
+        ValueError: naming the seed and the importance.
+    """
+    if seed != 0 and importance != "random":
+        raise ValueError(f"seed={seed} seeds the random baseline only; importance={importance!r} does not read it: "
+                         "use importance='random', or drop seed.")
+
+
 def get_witness(name: str) -> Witness:
     """Look up a witness by name.
 

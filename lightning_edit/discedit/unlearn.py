@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.scores import check_discedit_options, score_components, unlearning_scores
+from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, score_components, unlearning_scores
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload, prunable_layers
 
 
@@ -229,14 +229,19 @@ def mask_until_forgotten(
 
 def resolve_masking(
     ratio: float | str | None, std_threshold: float | None, forget_target: float | None, max_ratio: float | None,
+    scope: str = "layer",
 ) -> tuple[float | None, float | None, float | None]:
     """Check the masking arguments; returns ``(fixed ratio or None, forget_target, max_ratio)`` (auto when ratio is None).
 
     Raises:
         ValueError: a ratio that is neither ``"auto"`` nor in (0, 1); ``forget_target``/``max_ratio`` given with a
-            fixed ratio or ``std_threshold`` (they would do nothing); a target outside [0, 1) or a max ratio
-            outside (0, 1).
+            fixed ratio or ``std_threshold``, a fixed ratio or ``scope="global"`` given with ``std_threshold``
+            (they would do nothing); a target outside [0, 1) or a max ratio outside (0, 1).
     """
+    if std_threshold is not None and (ratio != "auto" or scope != "layer"):
+        raise ValueError(f"std_threshold={std_threshold} sets how many components each layer masks by itself, so "
+                         f"ratio={ratio!r} and scope={scope!r} would not be read; keep ratio='auto' and scope='layer', "
+                         "or drop std_threshold.")
     auto = ratio == "auto" and std_threshold is None
     if not auto and (forget_target is not None or max_ratio is not None):
         raise ValueError("forget_target and max_ratio only apply to ratio='auto' (without std_threshold); "
@@ -364,10 +369,12 @@ def unlearn(
     Raises:
         ValueError: for forget classes outside the outputs or covering all of them, a forget class absent
             from ``batches``, a ratio that is neither ``"auto"`` nor in (0, 1), ``forget_target``/``max_ratio``
-            with a fixed ratio, a ``witness`` other than ``"fisher"`` with another importance, or no layer
-            matching ``layers``.
+            with a fixed ratio, a fixed ratio or ``scope="global"`` with ``std_threshold``, a ``witness`` other than
+            ``"fisher"`` with another importance, a ``seed`` other than 0 with an importance other than
+            ``"random"``, or no layer matching ``layers``.
     """
-    ratio_used, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio)
+    ratio_used, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio, scope)
+    check_random_seed(importance, seed)
     batches = iter(batches)
     first = next(batches, None)
     if first is None:

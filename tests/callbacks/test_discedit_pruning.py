@@ -189,6 +189,7 @@ def test_user_module_with_custom_batch_structure(tmp_path):
     ({"schedule": "cubic", "prune_epoch": 2}, "schedule='cubic' shapes a ramp over several prune epochs"),
     ({"schedule": "cubic", "prune_epoch": "start"}, "schedule='cubic' shapes a ramp"),
     ({"recalibrate_bn": False, "recalibration_batches": 4}, "recalibration_batches is set but recalibrate_bn=False"),
+    ({"importance": "l1", "seed": 1}, "seed=1 seeds the random baseline only; importance='l1'"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -198,6 +199,7 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
 def test_arguments_that_take_effect_are_accepted():
     DiscEditPruning(importance="discedit", witness="mpm", feature_site="activation")
     DiscEditPruning(schedule="cubic", prune_epoch=1, end_epoch=3)
+    DiscEditPruning(importance="random", seed=1)
     DiscEditPruning(importance="l1", recalibrate_bn=True, recalibration_batches=4)
 
 

@@ -141,6 +141,9 @@ def test_auto_layers_on_a_residual_network():
     ({"forget_target": 1.0}, "forget_target < 1"),
     ({"max_ratio": 1.0}, "max_ratio < 1"),
     ({"ratio": "half"}, "'auto' or in \\(0, 1\\)"),
+    ({"std_threshold": 1.5, "ratio": 0.2}, "std_threshold=1.5 sets how many"),
+    ({"std_threshold": 1.5, "scope": "global"}, "scope='global' would not be read"),
+    ({"seed": 3}, "seed=3 seeds the random baseline only"),
 ])
 def test_masking_arguments_that_cannot_take_effect_are_errors(trained, kwargs, match):
     from lightning_edit.callbacks import DiscEditUnlearning
