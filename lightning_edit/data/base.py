@@ -49,7 +49,8 @@ class TensorDataModule(L.LightningDataModule):
             model without a class as the unlearning gold standard. None keeps all.
 
     Raises:
-        ValueError: for a non-positive batch size or a ``val_size`` that leaves no training data.
+        ValueError: for a non-positive batch size or ``train_subset``; at setup, for a ``val_size`` that leaves no
+            training data or a ``train_subset`` larger than the training samples left (it would keep them all).
     """
 
     num_classes: int = 10
@@ -68,6 +69,8 @@ class TensorDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}.")
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1 (or None: all training samples), got {train_subset}.")
         self.batch_size, self.val_size, self.train_subset = batch_size, val_size, train_subset
         self.num_workers, self.seed, self.classes = num_workers, seed, classes
         self.train_set: Dataset | None = None
@@ -98,6 +101,9 @@ class TensorDataModule(L.LightningDataModule):
             raise ValueError(f"val_size={self.val_size} leaves no training data ({len(perm)} samples); lower it.")
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         if self.train_subset is not None:
+            if self.train_subset > len(train_idx):
+                raise ValueError(f"train_subset={self.train_subset} exceeds the {len(train_idx)} training samples left "
+                                 f"after the {self.val_size}-sample validation split; lower it, or pass None for all.")
             train_idx = train_idx[_stratified_order(y_tr[train_idx], g)[: self.train_subset]]
         mean = x_tr[train_idx].mean(dim=(0, 2, 3), keepdim=True)[0]
         std = x_tr[train_idx].std(dim=(0, 2, 3), keepdim=True)[0].clamp_min(1e-6)

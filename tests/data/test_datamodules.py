@@ -23,6 +23,17 @@ def test_digits_split_is_fixed_stratified_and_normalised():
     assert torch.equal(again.val_set.y, dm.val_set.y)
 
 
+def test_train_subset_that_cannot_take_effect_is_an_error():
+    with pytest.raises(ValueError, match="train_subset must be >= 1"):
+        DigitsDataModule(train_subset=0)
+    dm = DigitsDataModule(val_size=270, test_size=360, train_subset=2000)
+    with pytest.raises(ValueError, match="train_subset=2000 exceeds the 1167 training samples"):
+        dm.setup()
+    dm = DigitsDataModule(val_size=270, test_size=360, train_subset=500)
+    dm.setup()
+    assert len(dm.train_set) == 500
+
+
 def write_idx(path, array: np.ndarray) -> None:
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:
