@@ -25,6 +25,20 @@ def datamodule(batch_size: int = 128, train_subset: int | None = None):
     return DigitsDataModule(batch_size=batch_size), 8
 
 
+def pruning_setup(train_subset: int | None):
+    """The pruning benchmarks' common start: 2 threads, the calibration-class warning silenced, the data set up.
+
+    Returns ``(datamodule, side, x_test, y_test, example_input (1, 1, side, side))``.
+    """
+    import warnings
+
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
+    dm, side = datamodule(batch_size=128, train_subset=train_subset)
+    dm.setup()
+    return dm, side, dm.test_set.x, dm.test_set.y, torch.zeros(1, 1, side, side)
+
+
 def vgg(side: int, width: float = 0.25) -> VGG:
     return VGG("vgg11", in_channels=1, num_classes=10, width_multiplier=width, max_pools=4 if side >= 16 else 3)
 

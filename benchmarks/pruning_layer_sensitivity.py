@@ -21,12 +21,11 @@ import functools
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule, vgg
+from _common import RESULTS, pruning_setup, vgg
 from accuracy_fashion_mnist import ARMS, sample_batches, test_acc, trainer
 
 from lightning_edit import ClassifierModule
@@ -49,13 +48,8 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75], help="channels removed from the one layer")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
     out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_w{args.width:g}")
-    dm, side = datamodule(batch_size=128, train_subset=args.train_subset)
-    dm.setup()
-    x_test, y_test = dm.test_set.x, dm.test_set.y
-    example = torch.zeros(1, 1, side, side)
+    dm, side, x_test, y_test, example = pruning_setup(args.train_subset)
     results: dict[str, list[float]] = {}
     dense_accs: list[float] = []
     dense_recal_accs: list[float] = []  # the unpruned network after the same recalibration: the reference

@@ -71,7 +71,9 @@ class DiscEditPruning(Callback):
             following ``schedule``; each step rescores the already pruned model. Not with ``"start"``.
         schedule: ``"linear"`` or ``"cubic"`` (Zhu & Gupta 2018) sparsity ramp for gradual pruning.
         witness: a name in :data:`lightning_edit.discedit.WITNESS_FUNCTIONS` (``"fisher"``: linear witness on
-            ``[s, s²]``, the default; ``"fisher_linear"``, ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
+            ``[s, s²]``, the default; ``"fisher_linear"``, ``"fisher_energy"`` (``[s, mean of the squared map]``,
+            which sees zero-sum filters; see :func:`~lightning_edit.discedit.component_features`),
+            ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
         importance: ``"discedit"``, or a baseline on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``, or
             one of torch-pruning's criteria (``"tp_l1"``, ``"tp_l2"``, ``"taylor"`` (gradients of the cross-entropy
             on the calibration batches), ``"bn_scale"``, ``"lamp"``; :data:`~lightning_edit.discedit.prune.TORCH_PRUNING_IMPORTANCES`).

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-FeatureKind = Literal["linear", "quadratic", "exp_norm"]
+FeatureKind = Literal["linear", "quadratic", "mean_energy", "exp_norm"]
 
 
 def component_features(output: Tensor, kind: FeatureKind = "quadratic") -> Tensor:
@@ -26,6 +26,11 @@ def component_features(output: Tensor, kind: FeatureKind = "quadratic") -> Tenso
     - ``"linear"``: ``z = [s]`` (d = 1).
     - ``"quadratic"``: ``z = [s, s²]`` (d = 2); a linear witness on it is a quadratic polynomial
       witness on ``s`` (the authors' pruning feature; per-image, not per-mini-batch sums).
+    - ``"mean_energy"``: ``z = [s, e]`` (d = 2) with ``e`` the spatial mean of the *squared* map. At the conv
+      output ``s`` is, up to border terms, the kernel sums applied to the input channels' means, so a
+      zero-sum filter (an edge or texture detector) has a near-constant ``s`` however much its map
+      varies; ``e`` sees that variation. Equal to ``"quadratic"`` for a linear layer (one position).
+      A departure from the paper (the authors' code uses ``[s, s²]``).
     - ``"exp_norm"``: ``z = [exp(-‖A_j‖)]`` (d = 1), the nonlinear scalar witness of the unlearning
       code, with ``‖A_j‖`` the RMS over positions of the map (the Frobenius norm divided by
       ``√(H·W)``, so that large maps do not underflow to 0).
@@ -43,11 +48,13 @@ def component_features(output: Tensor, kind: FeatureKind = "quadratic") -> Tenso
     if kind == "exp_norm":
         return torch.exp(-flat.float().pow(2).mean(-1).sqrt().double()).unsqueeze(-1)
     s = flat.float().mean(-1).double()
+    if kind == "mean_energy":
+        return torch.stack([s, flat.float().pow(2).mean(-1).double()], -1)
     if kind == "linear":
         return s.unsqueeze(-1)
     if kind == "quadratic":
         return torch.stack([s, s * s], -1)
-    raise ValueError(f"Unknown feature kind {kind!r}; use 'linear', 'quadratic' or 'exp_norm'.")
+    raise ValueError(f"Unknown feature kind {kind!r}; use 'linear', 'quadratic', 'mean_energy' or 'exp_norm'.")
 
 
 @dataclass

@@ -23,6 +23,7 @@ class Witness(NamedTuple):
 WITNESS_FUNCTIONS: dict[str, Witness] = {
     "fisher": Witness("quadratic", fisher_bound),
     "fisher_linear": Witness("linear", fisher_bound),
+    "fisher_energy": Witness("mean_energy", fisher_bound),
     "robust_fisher": Witness("quadratic", robust_fisher_bound),
     "mpm": Witness("quadratic", mpm_bound),
     "exp_norm": Witness("exp_norm", generic_witness_bound, uses_covariance=False),

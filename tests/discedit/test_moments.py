@@ -47,6 +47,37 @@ def test_linear_layer_features_and_exp_norm():
     torch.testing.assert_close(component_features(out, "exp_norm")[..., 0], torch.exp(-out.abs()).double())
 
 
+def test_mean_energy_feature_is_mean_and_mean_square():
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(5, 3, 4, 4, generator=g)
+    z = component_features(out, "mean_energy")
+    assert z.shape == (5, 3, 2)
+    torch.testing.assert_close(z[..., 0], out.mean((2, 3)).double())
+    torch.testing.assert_close(z[..., 1], out.pow(2).mean((2, 3)).double())
+    flat = torch.randn(5, 3, generator=g)  # a linear layer: one position, so [s, s²]
+    torch.testing.assert_close(component_features(flat, "mean_energy"), component_features(flat, "quadratic"))
+
+
+def test_energy_feature_sees_a_zero_sum_filter_that_the_spatial_mean_misses():
+    """Classes that differ in texture (pixel variance), not brightness: the spatial mean of a zero-sum (Laplacian)
+    filter's map is near 0 for both, its mean square is not. The energy feature's bound is high, [s, s²]'s low."""
+    from torch import nn
+
+    from lightning_edit.discedit import channel_scores
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 2
+    x = torch.randn(400, 1, 16, 16, generator=g) * torch.where(y == 1, 1.0, 0.2).view(-1, 1, 1, 1) + 0.5
+    conv = nn.Conv2d(1, 1, 3, bias=False)
+    with torch.no_grad():
+        conv.weight[0, 0] = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]])
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(196, 2))
+    batches = list(zip(x.split(100), y.split(100)))
+    mean_only = channel_scores(model, {"0": conv}, "discedit", batches, 2, "fisher")["0"]
+    energy = channel_scores(model, {"0": conv}, "discedit", batches, 2, "fisher_energy")["0"]
+    assert float(energy) > 0.9 and float(mean_only) < 0.3
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(4), torch.zeros(4, 3, dtype=torch.long), [0, 1]])
 def test_targets_must_be_class_indices(bad):
     with pytest.raises(ValueError, match="class indices"):
