@@ -46,8 +46,11 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75], help="channels removed from the one layer")
+    ap.add_argument("--arms", nargs="+", default=LABELS, choices=[k for k, v in ARMS.items() if v[0] != "taylor"],
+                    help="criteria (labels of accuracy_fashion_mnist.ARMS)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    labels = args.arms
     out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_w{args.width:g}")
     dm, side, x_test, y_test, example = pruning_setup(args.train_subset)
     results: dict[str, list[float]] = {}
@@ -63,12 +66,12 @@ def main() -> None:
                  "BN-recalibrated, no fine-tuning.", ""]
         for fraction in args.fractions:
             lines += [f"**{fraction:.0%} of one layer's channels removed**", "",
-                      "| layer | channels | " + " | ".join(LABELS) + " |", "|---|---|" + "---|" * len(LABELS)]
+                      "| layer | channels | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
             for name in layer_names:
                 cells = []
-                row = {lab: results.get(f"{fraction}|{name}|{lab}") for lab in LABELS}
+                row = {lab: results.get(f"{fraction}|{name}|{lab}") for lab in labels}
                 best = max(mean_std(v)[0] for v in row.values() if v)
-                for lab in LABELS:
+                for lab in labels:
                     m, s = mean_std(row[lab])
                     cells.append(f"**{m:.3f} ± {s:.3f}**" if m == best else f"{m:.3f} ± {s:.3f}")
                 lines.append(f"| {name} | {widths[name]} | " + " | ".join(cells) + " |")
@@ -89,7 +92,7 @@ def main() -> None:
         fig, axes = plt.subplots(1, len(args.fractions), figsize=(6 * len(args.fractions), 4), squeeze=False)
         xs = range(len(layer_names))
         for ax, fraction in zip(axes[0], args.fractions):
-            for lab in LABELS:
+            for lab in labels:
                 stats = [mean_std(results[f"{fraction}|{n}|{lab}"]) for n in layer_names]
                 ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], label=lab, marker="o", capsize=2,
                             linewidth=2.5 if lab.startswith("DISCEDIT") else 1.2)
@@ -118,7 +121,7 @@ def main() -> None:
         layers = prunable_layers(base.model)
         layer_names[:] = list(layers)
         widths.update({n: int(m.out_channels) for n, m in layers.items()})
-        for lab in LABELS:
+        for lab in labels:
             importance, site, reduction = ARMS[lab]
             scores = channel_scores(base.model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
                                     generator=torch.Generator().manual_seed(seed), example_input=example)
