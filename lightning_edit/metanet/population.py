@@ -117,8 +117,9 @@ class ModelZooDataModule(L.LightningDataModule):
         root: cache directory. seed: population seed.
 
     Raises:
-        ValueError: for an empty population or an empty split, an unknown activation or family, or held-out
-            widths or depths that leave no other choice.
+        ValueError: for an empty population or an empty split, an unknown activation or family, held-out
+            widths or depths that leave no other choice or that ``widths``/``depths`` never draw, or ``data_root``
+            beside ``data`` (it would not be read).
     """
 
     def __init__(
@@ -141,6 +142,13 @@ class ModelZooDataModule(L.LightningDataModule):
             raise ValueError(f"Unknown activations {unknown}; choose from {sorted(_ACTIVATION_MODULES)}.")
         if set(widths) <= set(heldout_widths) or set(depths) <= set(heldout_depths):
             raise ValueError("heldout_widths/heldout_depths cover every width or depth: no network would be left to train on.")
+        never_drawn = sorted(set(heldout_widths) - set(widths)) + sorted(set(heldout_depths) - set(depths))
+        if never_drawn:
+            raise ValueError(f"heldout_widths/heldout_depths name {never_drawn}, which widths={list(widths)} / "
+                             f"depths={list(depths)} never draw, so nothing would be held out; add them to widths/depths.")
+        if data is not None and data_root != "data":
+            raise ValueError(f"data_root={data_root!r} locates the default Adult data, but data= is given and is read "
+                             "instead; set the root on that DataModule, or drop data_root.")
         self.activations = list(activations)
         self.heldout_widths, self.heldout_depths = list(heldout_widths), list(heldout_depths)
         self.num_models, self.widths, self.depths, self.epochs = num_models, list(widths), list(depths), list(epochs)

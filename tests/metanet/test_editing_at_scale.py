@@ -375,6 +375,10 @@ def test_population_with_activations_and_held_out_architectures(zoo, tmp_path):
         ModelZooDataModule(widths=[8], heldout_widths=[8])
     with pytest.raises(ValueError, match="Unknown activations"):
         ModelZooDataModule(activations=["relu", "swish"])
+    with pytest.raises(ValueError, match=r"name \[128, 3\], which widths=\[16, 32\] / depths=\[1, 2\] never draw"):
+        ModelZooDataModule(widths=[16, 32], depths=[1, 2], heldout_widths=[128], heldout_depths=[3])
+    with pytest.raises(ValueError, match="data_root='elsewhere' locates the default Adult data"):
+        ModelZooDataModule(data=zoo.data, data_root="elsewhere")
 
 
 def test_population_cache_is_keyed_on_the_data(zoo):
