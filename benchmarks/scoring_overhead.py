@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from _common import RESULTS, datamodule, paired_best_time, vgg
 
-from lightning_edit.discedit import channel_scores, prunable_layers
+from lightning_edit.discedit import WITNESS_FUNCTIONS, channel_scores, prunable_layers
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--witnesses", nargs="+", default=list(WITNESS_FUNCTIONS), choices=list(WITNESS_FUNCTIONS))
     ap.add_argument("--out", default=str(RESULTS / "scoring_overhead"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -46,7 +47,7 @@ def main() -> None:
     base_times = []
     example = batches[0][0][:1]
     for site in ("conv", "activation"):
-        for witness in ("fisher", "fisher_linear", "robust_fisher", "mpm", "exp_norm"):
+        for witness in args.witnesses:
             # inference and scoring alternate, 7 rounds each, and each keeps its best: both are timed in the
             # same window, so a drift of the machine's speed moves both
             base, t = paired_best_time(inference, lambda: channel_scores(model, layers, "discedit", batches, 10, witness,
