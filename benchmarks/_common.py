@@ -25,6 +25,14 @@ def datamodule(batch_size: int = 128, train_subset: int | None = None):
     return DigitsDataModule(batch_size=batch_size), 8
 
 
+def add_pruning_arguments(ap) -> None:
+    """The recipe arguments of the pruning benchmarks: ``--epochs 3 --train-subset 20000 --width 0.25 --seeds 3``."""
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-subset", type=int, default=20000)
+    ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
+    ap.add_argument("--seeds", type=int, default=3)
+
+
 def pruning_setup(train_subset: int | None):
     """The pruning benchmarks' common start: 2 threads, the calibration-class warning silenced, the data set up.
 

@@ -80,6 +80,14 @@ def trainer(epochs: int, seed: int | None = None) -> L.Trainer:
                      limit_val_batches=0, deterministic=seed is not None)
 
 
+def train_vgg(seed: int, dm, side: int, width: float, epochs: int) -> ClassifierModule:
+    """The benchmark's VGG-11 trained anew with ``seed`` (Adam lr 2e-3, ``epochs`` epochs), as in :func:`main`."""
+    L.seed_everything(seed, verbose=False)
+    base = ClassifierModule(vgg(side, width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
+    trainer(epochs).fit(base, datamodule=dm)
+    return base
+
+
 @torch.no_grad()
 def test_acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import statistics
 from pathlib import Path
 
-import lightning as L
 import torch
-from _common import RESULTS, pruning_setup, vgg
-from accuracy_fashion_mnist import sample_batches, test_acc, trainer
+from _common import RESULTS, add_pruning_arguments, pruning_setup
+from accuracy_fashion_mnist import sample_batches, test_acc, train_vgg
 
-from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
 
 ARMS = {  # label -> (witness, site)
@@ -58,10 +55,7 @@ def fmt(v: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-subset", type=int, default=20000)
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--seeds", type=int, default=3)
+    add_pruning_arguments(ap)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -71,9 +65,7 @@ def main() -> None:
     accuracy: dict[str, list[float]] = {}
     names: list[str] = []
     for seed in range(args.seeds):
-        L.seed_everything(seed, verbose=False)
-        base = ClassifierModule(vgg(side, args.width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
-        trainer(args.epochs).fit(base, datamodule=dm)
+        base = train_vgg(seed, dm, side, args.width, args.epochs)
         dense_params = sum(p.numel() for p in base.model.parameters())
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         layers = prunable_layers(base.model)

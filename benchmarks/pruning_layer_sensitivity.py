@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import statistics
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
-from _common import RESULTS, pruning_setup, vgg
-from accuracy_fashion_mnist import ARMS, sample_batches, test_acc, trainer
+from _common import RESULTS, add_pruning_arguments, pruning_setup
+from accuracy_fashion_mnist import ARMS, sample_batches, test_acc, train_vgg
 
-from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
 
 LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "L2 (torch-pruning group)",
@@ -41,10 +38,7 @@ def mean_std(v: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-subset", type=int, default=20000)
-    ap.add_argument("--width", type=float, default=0.25, help="VGG-11 width multiplier")
-    ap.add_argument("--seeds", type=int, default=3)
+    add_pruning_arguments(ap)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75], help="channels removed from the one layer")
     ap.add_argument("--arms", nargs="+", default=LABELS, choices=[k for k, v in ARMS.items() if v[0] != "taylor"],
                     help="criteria (labels of accuracy_fashion_mnist.ARMS)")
@@ -107,10 +101,8 @@ def main() -> None:
         plt.close(fig)
 
     for seed in range(args.seeds):
-        L.seed_everything(seed, verbose=False)
-        base = ClassifierModule(vgg(side, args.width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
         t0 = time.perf_counter()
-        trainer(args.epochs).fit(base, datamodule=dm)
+        base = train_vgg(seed, dm, side, args.width, args.epochs)
         dense_accs.append(test_acc(base.model, x_test, y_test))
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         dense_recal = copy.deepcopy(base.model)
