@@ -31,11 +31,13 @@ from accuracy_fashion_mnist import sample_batches, test_acc, train_vgg
 
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
 
-ARMS = {  # label -> (witness, site)
-    "fisher, conv output": ("fisher", "conv"),
-    "fisher_energy, conv output": ("fisher_energy", "conv"),
-    "fisher, after BN+ReLU": ("fisher", "activation"),
-    "fisher_energy, after BN+ReLU": ("fisher_energy", "activation"),
+ARMS = {  # label -> (witness, site, redundancy)
+    "fisher, conv output": ("fisher", "conv", 0.0),
+    "fisher_energy, conv output": ("fisher_energy", "conv", 0.0),
+    "fisher, after BN+ReLU": ("fisher", "activation", 0.0),
+    "fisher_energy, after BN+ReLU": ("fisher_energy", "activation", 0.0),
+    "fisher + mRMR, conv output": ("fisher", "conv", 1.0),
+    "fisher + mRMR, after BN+ReLU": ("fisher", "activation", 1.0),
 }
 
 
@@ -57,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     add_pruning_arguments(ap)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or RESULTS / f"discedit_dc_diagnosis_w{args.width:g}")
@@ -70,8 +73,9 @@ def main() -> None:
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         layers = prunable_layers(base.model)
         names[:] = list(layers)
-        scores = {label: channel_scores(base.model, layers, "discedit", calib, 10, witness, site=site, example_input=example)
-                  for label, (witness, site) in ARMS.items()}
+        scores = {label: channel_scores(base.model, layers, "discedit", calib, 10, witness, site=site, example_input=example,
+                                        redundancy=redundancy)
+                  for label, (witness, site, redundancy) in ARMS.items() if label in args.arms}
         for name, conv in layers.items():
             dc = dc_fraction(conv)
             for label, sc in scores.items():
@@ -86,7 +90,7 @@ def main() -> None:
                 recalibrate_batchnorm(model, recal)
                 accuracy.setdefault(f"{sparsity}|{label}", []).append(test_acc(model, x_test, y_test))
                 print(f"seed {seed} {sparsity:.0%} {label:<30} {accuracy[f'{sparsity}|{label}'][-1]:.4f}", flush=True)
-    labels = list(ARMS)
+    labels = list(args.arms)
     lines = [f"VGG-11 width {args.width:g}, {args.seeds} seeds. Conv-site and BN+ReLU-site DISCEDIT scores (fisher witness).", "",
              "Spread of the bounds over a layer's channels (std / mean) and Spearman correlation with the DC fraction:", "",
              "| layer | " + " | ".join(f"{lab}: spread" for lab in labels) + " | " + " | ".join(f"{lab}: ρ(DC)" for lab in labels) + " |",

@@ -100,6 +100,9 @@ class DiscEditPruning(Callback):
         inputs_targets: ``batch -> (inputs, class_indices)``; default handles ``(x, y, ...)`` and dict batches.
         plot: save the plot at the end of fit.
         seed: seed of the random baseline.
+        redundancy: > 0 keeps relevance and discounts redundancy within each layer (greedy mRMR, gain
+            ``bound_j - redundancy · mean |ρ|`` to the channels kept; :mod:`lightning_edit.discedit.redundancy`), a
+            departure from the paper; one more pass over the calibration batches; layer scope only.
 
     Raises:
         ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
@@ -107,7 +110,7 @@ class DiscEditPruning(Callback):
             ``min_channels < 1``, an argument that could not take effect (a non-default ``witness`` or
             ``feature_site`` with another ``importance``, a non-linear ``schedule`` for a single prune step,
             ``recalibration_batches`` with ``recalibrate_bn=False``, a ``seed`` other than 0 with an importance other
-            than ``"random"``); at ``setup`` for a model with no prunable
+            than ``"random"``, ``redundancy`` with another importance or with ``scope="global"``); at ``setup`` for a model with no prunable
             layer, a pruning epoch at or past ``trainer.max_epochs`` (it would never run), an empty calibration loader, calibration targets that
             are not class indices (or exceed the model's outputs), or a layer that would be pruned to zero
             width; at a prune, before the model changes, for non-finite (NaN/inf) calibration statistics or
@@ -143,6 +146,7 @@ class DiscEditPruning(Callback):
         inputs_targets: InputsTargets | None = None,
         plot: bool = True,
         seed: int = 0,
+        redundancy: float = 0.0,
     ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
@@ -169,7 +173,14 @@ class DiscEditPruning(Callback):
             raise ValueError(f"calibration_batches must be >= 1 or None, got {calibration_batches}.")
         if recalibration_batches is not None and recalibration_batches < 1:
             raise ValueError(f"recalibration_batches must be >= 1 or None, got {recalibration_batches}.")
-        check_discedit_options(importance, witness=(witness, "fisher"), feature_site=(feature_site, "conv"))
+        check_discedit_options(importance, witness=(witness, "fisher"), feature_site=(feature_site, "conv"),
+                               redundancy=(redundancy, 0.0))
+        if redundancy < 0:
+            raise ValueError(f"redundancy must be >= 0, got {redundancy}.")
+        if redundancy and scope == "global":
+            raise ValueError("redundancy reorders channels within each layer and has no global ranking; use "
+                             "scope='layer', or redundancy=0.")
+        self.redundancy = redundancy
         check_random_seed(importance, seed)
         if schedule != "linear" and (prune_epoch == "start" or end_epoch is None or end_epoch == prune_epoch):
             raise ValueError(f"schedule={schedule!r} shapes a ramp over several prune epochs; this callback prunes once. "
@@ -287,6 +298,7 @@ class DiscEditPruning(Callback):
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
                 generator=torch.Generator().manual_seed(self.seed + len(self.events)),
                 site=self.feature_site, example_input=example, normalize=self.scope == "global",
+                redundancy=self.redundancy,
             )
         for w in caught:
             rank_zero_warn(f"DiscEditPruning: {w.message}")

@@ -12,6 +12,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
+from lightning_edit.discedit.redundancy import channel_correlations, redundancy_adjusted_scores
 from lightning_edit.discedit.scores import check_discedit_options, pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
@@ -101,6 +102,7 @@ def channel_scores(
     site: Literal["conv", "activation"] = "conv",
     example_input: Tensor | None = None,
     normalize: bool = False,
+    redundancy: float = 0.0,
 ) -> dict[str, Tensor]:
     """Per-channel scores of each layer (low = remove first).
 
@@ -119,12 +121,18 @@ def channel_scores(
     ``class_reduction`` as in :func:`pruning_scores`);
     ``"l1"``: filter L1 norm; ``"random"``: uniform.
 
+    ``redundancy`` > 0 (DISCEDIT only, a departure from the paper): the scores are reordered by greedy
+    minimum-redundancy maximum-relevance selection within each layer, gain ``r_j - redundancy · mean |ρ_jk|`` over the
+    channels already kept (:mod:`lightning_edit.discedit.redundancy`; 1 is mRMR's difference form). It costs one
+    more pass over the calibration batches and applies per layer, so it is refused with ``normalize`` (global scope).
+
     Returns:
         layer name -> ``(C_out,)`` float64.
 
     Raises:
         ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, a non-default
-            ``witness``, ``site`` or ``class_reduction`` with another importance (they would not be read), or
+            ``witness``, ``site``, ``class_reduction`` or ``redundancy`` with another importance (they would not be
+            read), a negative ``redundancy`` or one with ``normalize=True``, or
             calibration data with fewer than two classes. A class absent from the data only warns (scores use the rest).
     """
     def check_counts(counts: Tensor) -> None:
@@ -136,7 +144,14 @@ def channel_scores(
             warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
 
     check_discedit_options(importance, witness=(witness, "fisher"), site=(site, "conv"),
-                           class_reduction=(class_reduction, "min"))
+                           class_reduction=(class_reduction, "min"), redundancy=(redundancy, 0.0))
+    if redundancy < 0:
+        raise ValueError(f"redundancy must be >= 0, got {redundancy}.")
+    if redundancy and normalize:
+        raise ValueError("redundancy reorders channels within each layer; it has no global ranking. Use per-layer "
+                         "budgets (normalize=False, scope='layer'), or redundancy=0.")
+    if redundancy and batches is not None:
+        batches = list(batches)  # read twice: the bounds, then the correlations
     if importance in TORCH_PRUNING_IMPORTANCES:
         batches = list(batches) if batches is not None else None
         if example_input is None:
@@ -148,6 +163,9 @@ def channel_scores(
         model, layers, importance, lambda m, w: pruning_scores(m, w, class_reduction), batches, num_classes, witness,
         reduce_sum, generator, check_counts, site,
     )
+    if redundancy:
+        correlations = channel_correlations(model, layers, batches, site, reduce_sum)
+        scores = {n: redundancy_adjusted_scores(v, correlations[n], redundancy) for n, v in scores.items()}
     if normalize:
         scores = {n: v / v[v.isfinite()].mean().clamp_min(1e-12) for n, v in scores.items()}
     return scores

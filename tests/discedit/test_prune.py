@@ -142,3 +142,60 @@ def test_scores_of_all_layers_at_once_equal_scores_layer_by_layer(trained_digits
     assert ClassConditionalMoments.cat([first, second]).sum.shape[1] == first.sum.shape[1] + second.sum.shape[1]
     other = ClassConditionalMoments(second.count + 1, second.sum, second.sum_outer)  # other samples: no joint problem
     assert ClassConditionalMoments.cat([first, other]) is None
+
+
+def test_redundancy_keeps_an_uncorrelated_channel_over_a_copy():
+    """mRMR greedy order: the second most relevant channel duplicates the first (ρ = 1), so a less relevant
+    uncorrelated one is kept before it; with weight 0 the order is the relevance order."""
+    from lightning_edit.discedit import redundancy_adjusted_scores
+
+    relevance = torch.tensor([0.9, 0.85, 0.5], dtype=torch.float64)
+    corr = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    scores = redundancy_adjusted_scores(relevance, corr, 1.0)
+    assert torch.argsort(scores, descending=True).tolist() == [0, 2, 1]
+    assert torch.argsort(redundancy_adjusted_scores(relevance, corr, 0.0), descending=True).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        redundancy_adjusted_scores(relevance, corr, -1.0)
+
+
+def test_channel_correlations_match_numpy_style_corrcoef(trained_digits):
+    from lightning_edit.discedit import channel_correlations
+
+    module, dm = trained_digits
+    layers = prunable_layers(module.model)
+    x, y = dm.train_set.x[:400], dm.train_set.y[:400]
+    got = channel_correlations(module.model, layers, [(x[:150], y[:150]), (x[150:], y[150:])])
+    means = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: means.__setitem__(n, o.detach().double().flatten(2).mean(-1)
+                                                                            if o.ndim == 4 else o.detach().double()))
+             for n, m in layers.items()]
+    module.model.eval()
+    with torch.no_grad():
+        module.model(x)
+    for h in hooks:
+        h.remove()
+    for name in layers:
+        expected = torch.corrcoef(means[name].T).nan_to_num(0.0)
+        torch.testing.assert_close(got[name], expected, rtol=1e-5, atol=1e-6)  # float32 spatial means
+
+
+def test_redundancy_through_channel_scores_and_its_errors(trained_digits):
+    module, dm = trained_digits
+    layers = prunable_layers(module.model)
+    batches = ((dm.train_set.x[i:i + 200], dm.train_set.y[i:i + 200]) for i in (0, 200))  # a generator: read twice
+    plain = channel_scores(module.model, layers, "discedit", batches=[(dm.train_set.x[:400], dm.train_set.y[:400])], num_classes=10)
+    mrmr = channel_scores(module.model, layers, "discedit", batches=batches, num_classes=10, redundancy=1.0)
+    for name in layers:
+        assert mrmr[name].shape == plain[name].shape
+        assert int(mrmr[name].argmax()) == int(plain[name].argmax())  # the most relevant channel is kept first
+    with pytest.raises(ValueError, match=r"redundancy=1.0 only change\(s\) DISCEDIT's scores"):
+        channel_scores(module.model, layers, "l1", redundancy=1.0)
+    with pytest.raises(ValueError, match="no global ranking"):
+        channel_scores(module.model, layers, "discedit", batches=[(dm.train_set.x[:400], dm.train_set.y[:400])],
+                       num_classes=10, redundancy=1.0, normalize=True)
+    from lightning_edit.callbacks import DiscEditPruning
+
+    with pytest.raises(ValueError, match="no global ranking"):
+        DiscEditPruning(redundancy=1.0, scope="global")
+    with pytest.raises(ValueError, match="redundancy must be >= 0"):
+        DiscEditPruning(redundancy=-1.0)
