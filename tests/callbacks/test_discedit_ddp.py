@@ -26,10 +26,10 @@ def net() -> nn.Module:
     )
 
 
-def run(tmp_path, strategy: str, devices: int) -> list:
+def run(tmp_path, strategy: str, devices: int, redundancy: float = 0.0) -> list:
     module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, calibration_batches=None, calibration_source="val",
-                         plot=False, evaluate=False)
+                         plot=False, evaluate=False, redundancy=redundancy)
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, limit_train_batches=2, callbacks=[cb],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -40,9 +40,10 @@ def run(tmp_path, strategy: str, devices: int) -> list:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path, fresh_ddp_env):
-    single = run(tmp_path / "single", "auto", 1)
-    ddp = run(tmp_path / "ddp", "ddp_spawn", 2)
+@pytest.mark.parametrize("redundancy", [0.0, 1.0])  # 1.0: the channel correlations are all-reduced too
+def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path, fresh_ddp_env, redundancy):
+    single = run(tmp_path / "single", "auto", 1, redundancy)
+    ddp = run(tmp_path / "ddp", "ddp_spawn", 2, redundancy)
     assert len(single) == 3
     assert [[n, o, sorted(i)] for n, o, i in ddp] == [[n, o, sorted(i)] for n, o, i in single]
 

@@ -199,3 +199,17 @@ def test_redundancy_through_channel_scores_and_its_errors(trained_digits):
         DiscEditPruning(redundancy=1.0, scope="global")
     with pytest.raises(ValueError, match="redundancy must be >= 0"):
         DiscEditPruning(redundancy=-1.0)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_redundancy_through_the_callback_gives_exact_widths(tmp_path, precision):
+    from lightning_edit.callbacks import DiscEditPruning
+    from lightning_edit.data import DigitsDataModule
+    from tests.conftest import make_module, make_trainer
+
+    cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, feature_site="activation", redundancy=1.0, calibration_batches=2,
+                         plot=False)
+    module = make_module()
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2, precision=precision)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
+    assert module.model.features[0].out_channels == 8 and module.model.features[4].out_channels == 16
