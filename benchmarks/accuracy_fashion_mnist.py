@@ -43,7 +43,10 @@ ARMS = {  # label -> (importance, feature site, class reduction)
     "BN scale (torch-pruning)": ("bn_scale", "conv", "min"),
     "LAMP (torch-pruning)": ("lamp", "conv", "min"),
     "random": ("random", "conv", "min"),
+    "DISCEDIT + mRMR (conv output)": ("discedit", "conv", "min"),
+    "DISCEDIT + mRMR (after BN+ReLU)": ("discedit", "activation", "min"),
 }
+REDUNDANCY = {"DISCEDIT + mRMR (conv output)": 1.0, "DISCEDIT + mRMR (after BN+ReLU)": 1.0}  # layer scope only
 MODEL_PRUNING = "Lightning ModelPruning (L1-structured masks)"  # layer scope; as many channels masked as L1 removes
 
 
@@ -172,12 +175,15 @@ def main() -> None:
         for scope in args.scopes:
             for sparsity in args.sparsities:
                 for label, (importance, site, reduction) in arms.items():
+                    if scope == "global" and label in REDUNDANCY:
+                        continue
                     module = copy.deepcopy(base)
                     model = module.model
                     layers = prunable_layers(model)
                     scores = channel_scores(model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
                                             generator=torch.Generator().manual_seed(seed), example_input=example,
-                                            normalize=scope == "global" and importance in ("discedit", "l1"))
+                                            normalize=scope == "global" and importance in ("discedit", "l1"),
+                                            redundancy=REDUNDANCY.get(label, 0.0))
                     prune_channels(model, example, scores, sparsity, layers, sparsity_type="parameters", scope=scope,
                                    min_channels=1, dense_params=dense_params)
                     kept = sum(p.numel() for p in model.parameters()) / dense_params

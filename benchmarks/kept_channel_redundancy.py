@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import ARMS, sample_batches, train_vgg
+from accuracy_fashion_mnist import ARMS, REDUNDANCY, sample_batches, train_vgg
 from pruning_layer_sensitivity import LABELS
 
 from lightning_edit.discedit import channel_scores, prunable_layers
@@ -70,7 +70,8 @@ def main() -> None:
         for lab in LABELS:
             importance, site, reduction = ARMS[lab]
             scores = channel_scores(base.model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
-                                    generator=torch.Generator().manual_seed(seed), example_input=example)
+                                    generator=torch.Generator().manual_seed(seed), example_input=example,
+                                    redundancy=REDUNDANCY.get(lab, 0.0))
             for name in names:
                 width = len(scores[name])
                 if importance == "random":
