@@ -11,6 +11,10 @@ relevance and discounts redundancy:
 with ``r_j`` the DISCEDIT score and ``ρ`` the Pearson correlation of the channels' spatial means over the
 calibration samples (classes pooled). The greedy order does not depend on how many channels are kept, so it is
 turned into scores: the k highest-scored channels are the greedy keep set of size k, for every k.
+
+Measured (README, 3 seeds, BN-recalibrated, layer scope): on VGG-11 ¼ after BN + ReLU, 0.863 / 0.829 / 0.723 at 30 /
+50 / 70% parameter sparsity against 0.834 / 0.767 / 0.660 without it and 0.851 / 0.801 / 0.715 for random; on
+ResNet-20, where coupled layers' orders are summed into one group ranking, no gain.
 """
 
 from __future__ import annotations
