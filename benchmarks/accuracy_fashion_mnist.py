@@ -83,6 +83,16 @@ def trainer(epochs: int, seed: int | None = None) -> L.Trainer:
                      limit_val_batches=0, deterministic=seed is not None)
 
 
+def arm_scores(model: torch.nn.Module, layers: dict, label: str, calib: list, seed: int, example: torch.Tensor,
+               normalize: bool = False) -> dict[str, torch.Tensor]:
+    """The channel scores of arm ``label`` (:data:`ARMS`, :data:`REDUNDANCY`); ``normalize`` (global scope) applies to
+    DISCEDIT and L1, whose scores differ in scale between layers."""
+    importance, site, reduction = ARMS[label]
+    return channel_scores(model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
+                          generator=torch.Generator().manual_seed(seed), example_input=example,
+                          normalize=normalize and importance in ("discedit", "l1"), redundancy=REDUNDANCY.get(label, 0.0))
+
+
 def train_vgg(seed: int, dm, side: int, width: float, epochs: int) -> ClassifierModule:
     """The benchmark's VGG-11 trained anew with ``seed`` (Adam lr 2e-3, ``epochs`` epochs), as in :func:`main`."""
     L.seed_everything(seed, verbose=False)
@@ -174,16 +184,13 @@ def main() -> None:
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         for scope in args.scopes:
             for sparsity in args.sparsities:
-                for label, (importance, site, reduction) in arms.items():
+                for label in arms:
                     if scope == "global" and label in REDUNDANCY:
                         continue
                     module = copy.deepcopy(base)
                     model = module.model
                     layers = prunable_layers(model)
-                    scores = channel_scores(model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
-                                            generator=torch.Generator().manual_seed(seed), example_input=example,
-                                            normalize=scope == "global" and importance in ("discedit", "l1"),
-                                            redundancy=REDUNDANCY.get(label, 0.0))
+                    scores = arm_scores(model, layers, label, calib, seed, example, normalize=scope == "global")
                     prune_channels(model, example, scores, sparsity, layers, sparsity_type="parameters", scope=scope,
                                    min_channels=1, dense_params=dense_params)
                     kept = sum(p.numel() for p in model.parameters()) / dense_params

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import ARMS, REDUNDANCY, sample_batches, train_vgg
+from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, train_vgg
 from pruning_layer_sensitivity import LABELS
 
-from lightning_edit.discedit import channel_scores, prunable_layers
+from lightning_edit.discedit import prunable_layers
 
 
 def mean_abs_corr(features: torch.Tensor, keep: torch.Tensor) -> float:
@@ -68,13 +68,10 @@ def main() -> None:
         feats = activation_means(base.model, layers, x_test[:2048])
         g = torch.Generator().manual_seed(seed)
         for lab in LABELS:
-            importance, site, reduction = ARMS[lab]
-            scores = channel_scores(base.model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
-                                    generator=torch.Generator().manual_seed(seed), example_input=example,
-                                    redundancy=REDUNDANCY.get(lab, 0.0))
+            scores = arm_scores(base.model, layers, lab, calib, seed, example)
             for name in names:
                 width = len(scores[name])
-                if importance == "random":
+                if ARMS[lab][0] == "random":
                     value = statistics.fmean(mean_abs_corr(feats[name], torch.randperm(width, generator=g)[: width // 2])
                                              for _ in range(20))
                 else:

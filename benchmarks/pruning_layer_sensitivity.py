@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import ARMS, REDUNDANCY, sample_batches, test_acc, train_vgg
+from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_vgg
 
-from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
+from lightning_edit.discedit import prunable_layers, prune_channels, recalibrate_batchnorm
 
 LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "L2 (torch-pruning group)",
           "BN scale (torch-pruning)", "random"]
@@ -114,10 +114,7 @@ def main() -> None:
         layer_names[:] = list(layers)
         widths.update({n: int(m.out_channels) for n, m in layers.items()})
         for lab in labels:
-            importance, site, reduction = ARMS[lab]
-            scores = channel_scores(base.model, layers, importance, calib, 10, "fisher", site=site, class_reduction=reduction,
-                                    generator=torch.Generator().manual_seed(seed), example_input=example,
-                                    redundancy=REDUNDANCY.get(lab, 0.0))
+            scores = arm_scores(base.model, layers, lab, calib, seed, example)
             for name in layer_names:
                 for fraction in args.fractions:
                     model = copy.deepcopy(base.model)

@@ -102,7 +102,7 @@ class DiscEditPruning(Callback):
         seed: seed of the random baseline.
         redundancy: > 0 keeps relevance and discounts redundancy within each layer (greedy mRMR, gain
             ``bound_j - redundancy · mean |ρ|`` to the channels kept; :mod:`lightning_edit.discedit.redundancy`), a
-            departure from the paper; one more pass over the calibration batches; layer scope only. Measured
+            departure from the paper; its correlations share the moments' pass; layer scope only. Measured
             (README): on VGG-11 after BN + ReLU it gains 1-13 points; on ResNet-20, whose residual groups sum the
             greedy orders of several layers, it does not help.
 

@@ -22,7 +22,7 @@ from lightning_edit.discedit.prune import (
     torch_pruning_scores,
 )
 from lightning_edit.discedit.recalibrate import batchnorm_layers, recalibrate_batchnorm
-from lightning_edit.discedit.redundancy import channel_correlations, redundancy_adjusted_scores
+from lightning_edit.discedit.redundancy import channel_correlations, record_correlations, redundancy_adjusted_scores
 from lightning_edit.discedit.scores import (
     WITNESS_FUNCTIONS,
     Witness,
@@ -71,7 +71,8 @@ __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten",
     "IMPORTANCES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "prune_channels", "torch_pruning_scores",
-    "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "redundancy_adjusted_scores",
+    "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",
+    "redundancy_adjusted_scores",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
     "random_scores", "score_components", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",

@@ -47,9 +47,10 @@ def component_features(output: Tensor, kind: FeatureKind = "quadratic") -> Tenso
     # Reduce over positions in the layer's precision (one pass), then move the (N, C) summary to float64.
     if kind == "exp_norm":
         return torch.exp(-flat.float().pow(2).mean(-1).sqrt().double()).unsqueeze(-1)
-    s = flat.float().mean(-1).double()
+    flat = flat.float()
+    s = flat.mean(-1).double()
     if kind == "mean_energy":
-        return torch.stack([s, flat.float().pow(2).mean(-1).double()], -1)
+        return torch.stack([s, flat.pow(2).mean(-1).double()], -1)
     if kind == "linear":
         return s.unsqueeze(-1)
     if kind == "quadratic":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,7 +13,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
-from lightning_edit.discedit.redundancy import channel_correlations, redundancy_adjusted_scores
+from lightning_edit.discedit.redundancy import record_correlations, redundancy_adjusted_scores
 from lightning_edit.discedit.scores import check_discedit_options, pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
@@ -123,8 +124,9 @@ def channel_scores(
 
     ``redundancy`` > 0 (DISCEDIT only, a departure from the paper): the scores are reordered by greedy
     minimum-redundancy maximum-relevance selection within each layer, gain ``r_j - redundancy · mean |ρ_jk|`` over the
-    channels already kept (:mod:`lightning_edit.discedit.redundancy`; 1 is mRMR's difference form). It costs one
-    more pass over the calibration batches and applies per layer, so it is refused with ``normalize`` (global scope).
+    channels already kept (:mod:`lightning_edit.discedit.redundancy`; 1 is mRMR's difference form). The channel
+    correlations are summed in the same pass as the moments; it applies per layer, so it is refused with
+    ``normalize`` (global scope).
 
     Returns:
         layer name -> ``(C_out,)`` float64.
@@ -150,8 +152,6 @@ def channel_scores(
     if redundancy and normalize:
         raise ValueError("redundancy reorders channels within each layer; it has no global ranking. Use per-layer "
                          "budgets (normalize=False, scope='layer'), or redundancy=0.")
-    if redundancy and batches is not None:
-        batches = list(batches)  # read twice: the bounds, then the correlations
     if importance in TORCH_PRUNING_IMPORTANCES:
         batches = list(batches) if batches is not None else None
         if example_input is None:
@@ -159,13 +159,15 @@ def channel_scores(
                 raise ValueError(f"importance={importance!r} needs example_input (or calibration batches) to trace the model.")
             example_input = batches[0][0][:1]
         return torch_pruning_scores(model, layers, importance, example_input, batches)
-    scores = score_components(
-        model, layers, importance, lambda m, w: pruning_scores(m, w, class_reduction), batches, num_classes, witness,
-        reduce_sum, generator, check_counts, site,
-    )
+    # the correlations for ``redundancy`` are summed in the same forward passes as the moments
+    with record_correlations(model, layers, site) if redundancy else nullcontext() as correlations:
+        scores = score_components(
+            model, layers, importance, lambda m, w: pruning_scores(m, w, class_reduction), batches, num_classes, witness,
+            reduce_sum, generator, check_counts, site,
+        )
     if redundancy:
-        correlations = channel_correlations(model, layers, batches, site, reduce_sum)
-        scores = {n: redundancy_adjusted_scores(v, correlations[n], redundancy) for n, v in scores.items()}
+        rho = correlations(reduce_sum)
+        scores = {n: redundancy_adjusted_scores(v, rho[n], redundancy) for n, v in scores.items()}
     if normalize:
         scores = {n: v / v[v.isfinite()].mean().clamp_min(1e-12) for n, v in scores.items()}
     return scores

@@ -20,6 +20,7 @@ ResNet-20, where coupled layers' orders are summed into one group ranking, no ga
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -27,18 +28,14 @@ from torch import Tensor, nn
 from lightning_edit.discedit.moments import activation_transforms, check_targets, component_features
 
 
-@torch.no_grad()
-def channel_correlations(
-    model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[tuple[Tensor, Tensor]], site: str = "conv",
-    reduce_sum: Callable[[Tensor], Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Pearson correlation between the spatial means of each layer's channels, over all calibration samples.
+@contextmanager
+def record_correlations(model: nn.Module, layers: Mapping[str, nn.Module], site: str = "conv"):
+    """Forward hooks on ``layers`` that accumulate the sums (n, Σs, Σssᵀ, float64) of the channels' spatial means ``s``
+    over every forward pass inside the block, so that they can share the pass that collects the DISCEDIT moments.
 
-    One eval-mode pass; the sums (n, Σs, Σssᵀ, float64) are combined by ``reduce_sum`` across DDP ranks when given.
-    ``site`` as in :func:`~lightning_edit.discedit.collect_moments`.
-
-    Returns:
-        layer name -> ``(C, C)`` float64; a constant channel has correlation 0 with every other.
+    Yields ``finish(reduce_sum=None) -> {layer name: (C, C) float64 Pearson correlation}``; ``reduce_sum`` combines the
+    sums across DDP ranks. A constant channel has correlation 0 with every other. ``site`` as in
+    :func:`~lightning_edit.discedit.collect_moments`. Hooks are removed on exit, also after an error.
     """
     transforms = activation_transforms(model, layers) if site == "activation" else {}
     sums: dict[str, list[Tensor]] = {}
@@ -53,27 +50,51 @@ def channel_correlations(
 
         return hook
 
-    was_training = model.training
-    model.eval()
+    def finish(reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        out = {}
+        for name, (n, s, ss) in sums.items():
+            if reduce_sum is not None:
+                n, s, ss = reduce_sum(n), reduce_sum(s), reduce_sum(ss)
+            mean = s / n
+            cov = ss / n - torch.outer(mean, mean)
+            std = cov.diagonal().clamp_min(0).sqrt()
+            scale = torch.outer(std, std)
+            out[name] = torch.where(scale > 1e-12, cov / scale.clamp_min(1e-12), torch.zeros_like(cov)).clamp(-1, 1)
+        return out
+
     handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
     try:
-        for x, y in batches:
-            check_targets(y)
-            model(x)
+        yield finish
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def channel_correlations(
+    model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[tuple[Tensor, Tensor]], site: str = "conv",
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Pearson correlation between the spatial means of each layer's channels over all calibration samples, in one
+    eval-mode pass of its own (:func:`record_correlations`; :func:`~lightning_edit.discedit.channel_scores` shares
+    the moments' pass instead).
+
+    Returns:
+        layer name -> ``(C, C)`` float64.
+
+    Raises:
+        ValueError: for targets that are not class indices.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with record_correlations(model, layers, site) as finish:
+            for x, y in batches:
+                check_targets(y)
+                model(x)
+    finally:
         model.train(was_training)
-    out = {}
-    for name, (n, s, ss) in sums.items():
-        if reduce_sum is not None:
-            n, s, ss = reduce_sum(n), reduce_sum(s), reduce_sum(ss)
-        mean = s / n
-        cov = ss / n - torch.outer(mean, mean)
-        std = cov.diagonal().clamp_min(0).sqrt()
-        scale = torch.outer(std, std)
-        out[name] = torch.where(scale > 1e-12, cov / scale.clamp_min(1e-12), torch.zeros_like(cov)).clamp(-1, 1)
-    return out
+    return finish(reduce_sum)
 
 
 def redundancy_adjusted_scores(relevance: Tensor, correlation: Tensor, weight: float = 1.0) -> Tensor:
