@@ -43,8 +43,26 @@ def trained_digits() -> tuple[ClassifierModule, DigitsDataModule]:
     return module.eval(), dm
 
 
+class DestroyProcessGroup(L.Callback):
+    """Tear the gloo process group down on every rank once the run is over.
+
+    Lightning destroys only NCCL groups (at exit). A gloo group left to the interpreter's exit is torn down while
+    the other rank may still be talking to it, which aborted a spawned rank in CI once ("terminate called without
+    an active exception", SIGABRT) after the run itself had finished.
+    """
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 @pytest.fixture
-def fresh_ddp_env(monkeypatch):
-    """Let each ddp_spawn run pick its own rendezvous port (a previous run leaves MASTER_PORT set)."""
+def fresh_ddp_env(monkeypatch) -> DestroyProcessGroup:
+    """Let each ddp_spawn run pick its own rendezvous port (a previous run leaves MASTER_PORT set).
+
+    Returns a callback to add to the Trainer so that every rank destroys its process group before it exits.
+    """
     for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(key, raising=False)
+    return DestroyProcessGroup()

@@ -364,6 +364,10 @@ class DiscEditUnlearning(Callback):
         from rich.table import Table
 
         r = self.report
+        if "forget_acc_before" not in r:  # evaluate=False: no accuracies to tabulate
+            rank_zero_info(f"DISCEDIT-U: forgetting classes {self.forget_classes} "
+                           f"({r['fraction_masked']:.1%} of weights masked; evaluate=False, accuracies not measured)")
+            return
         table = Table(title=f"DISCEDIT-U: forgetting classes {self.forget_classes} ({r['fraction_masked']:.1%} of weights masked)")
         for col in ("", "forget acc", "remaining acc", "FA", "RA"):
             table.add_column(col, justify="right")

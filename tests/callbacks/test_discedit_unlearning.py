@@ -64,6 +64,14 @@ def test_finetune_batches_contain_no_forget_class(tmp_path):
     assert not torch.isin(labels, torch.tensor([2, 7])).any()
 
 
+def test_evaluate_false_reports_a_line_not_an_empty_table(tmp_path, capsys, caplog):
+    cb = DiscEditUnlearning([2], ratio=0.1, unlearn_epoch=0, plot=False, evaluate=False)
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2).fit(module(), datamodule=DigitsDataModule())
+    assert "forget acc" not in capsys.readouterr().out
+    assert "evaluate=False, accuracies not measured" in caplog.text
+
+
 def test_at_fit_end_and_retain_only_baseline(tmp_path):
     cb = DiscEditUnlearning([1], ratio=0.1, plot=False)  # unlearn_epoch=None: at the end of fit
     trainer = make_trainer(tmp_path, [cb], max_epochs=2, limit_train_batches=5)
@@ -107,12 +115,12 @@ def test_forget_class_missing_from_calibration_leaves_model_unchanged(tmp_path):
     assert not hasattr(m.model.hidden, "weight_mask")
 
 
-def _ddp_masks(tmp_path, strategy, devices):
+def _ddp_masks(tmp_path, strategy, devices, cleanup=None):
     m = ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditUnlearning([3], ratio=0.25, layers=None, unlearn_epoch=0, calibration_batches=None, calibration_source="val",
                             plot=False, evaluate=False)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=1,
-                        callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[cb, *([cleanup] if cleanup else [])], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     torch.manual_seed(0)
     m.load_state_dict(ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16)).state_dict())
@@ -126,5 +134,5 @@ def _ddp_masks(tmp_path, strategy, devices):
 
 def test_ddp_masks_the_same_components_as_one_process(tmp_path, fresh_ddp_env):
     single = _ddp_masks(tmp_path / "s", "auto", 1)
-    ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2)
+    ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2, cleanup=fresh_ddp_env)
     assert all(single.values()) and ddp == single
