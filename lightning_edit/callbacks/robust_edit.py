@@ -89,11 +89,12 @@ class RobustEditReport(Callback):
             if label in self.editors:
                 raise ValueError(f"Two editors are labelled {label!r}; give each a distinct 'label'.")
             self.editors[label] = make_editor(name, **args)
-        takes_retain = [label for label, e in self.editors.items() if "retain" in inspect.signature(e.edit).parameters]
+        takes_retain = [label for label, e in self.editors.items() if _reads_retain(e)]
         if self.editors and not takes_retain and retain_batches not in (0, 8):
             raise ValueError(f"retain_batches={retain_batches} feeds the editors' locality term, but none of "
-                             f"{sorted(self.editors)} takes retain data (the gradient and metanetwork editors do not); "
-                             "drop it or add a finetune / interpolation / low_rank editor.")
+                             f"{sorted(self.editors)} reads retain data (the gradient and metanetwork editors do not, "
+                             "nor any editor with locality_coef=0); drop it or add a finetune / interpolation / "
+                             "low_rank editor with a locality term.")
         self.editor, self.num_edits, self.edit_class, self.eps = editor, num_edits, edit_class, eps
         self.pgd_steps, self.eval_batches, self.corruptions, self.input_std = pgd_steps, eval_batches, corruptions, input_std
         self.retain_batches = retain_batches
@@ -128,8 +129,7 @@ class RobustEditReport(Callback):
             if edit_x is not None:
                 retain = self._retain(trainer, pl_module)
                 for label, editor in self.editors.items():
-                    accepts_retain = "retain" in inspect.signature(editor.edit).parameters
-                    edited, result = editor.edit(model, edit_x, edit_y, **({"retain": retain} if accepts_retain and retain else {}))
+                    edited, result = editor.edit(model, edit_x, edit_y, **({"retain": retain} if _reads_retain(editor) and retain else {}))
                     after = robustness_report(edited, batches, edit_x=edit_x, edit_y=edit_y, held_out_x=held_x,
                                               held_out_y=held_y, **kw)
                     shift = collateral_shift(model, edited, batches, int(torch.mode(edit_y.cpu()).values))
@@ -192,3 +192,8 @@ class RobustEditReport(Callback):
                 cells.append("" if value is None else f"{value:.3f} ({100 * delta:+.1f})")
             table.add_row(label, *cells, f"{entry['collateral_shift']:.1%}", str(entry["edit"]["steps"]))
         Console().print(table)
+
+
+def _reads_retain(editor: Any) -> bool:
+    """Whether ``editor.edit`` takes ``retain=`` and its locality term is on (``locality_coef > 0``)."""
+    return "retain" in inspect.signature(editor.edit).parameters and getattr(editor, "locality_coef", 1.0) > 0

@@ -130,6 +130,11 @@ class _LocalEditor:
             raise ValueError(f"locality_coef must be >= 0, got {locality_coef}.")
         if not 0 < target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}.")
+        if retain is not None and locality_coef == 0:
+            raise ValueError("retain data was given with locality_coef=0, so it would never be read; set "
+                             "locality_coef > 0 to add the locality term, or drop retain.")
+        if retain_limit is not None and retain_limit < 1:
+            raise ValueError(f"retain_limit must be >= 1 (or None for every retain batch), got {retain_limit}.")
         self.lr, self.max_steps, self.retain = lr, max_steps, retain
         self.locality, self.locality_coef, self.target_accuracy = locality, locality_coef, target_accuracy
         self.retain_limit = retain_limit
@@ -137,6 +142,9 @@ class _LocalEditor:
         self._warned = False
 
     def _locality(self, original: nn.Module, x: Tensor, retain: Retain) -> Locality | None:
+        if retain is not None and self.locality_coef == 0:
+            raise ValueError(f"{self.name}: retain data was passed to edit() but locality_coef=0, so it would never "
+                             "be read; construct the editor with locality_coef > 0, or drop retain.")
         retain = retain if retain is not None else self.retain
         if retain is None or self.locality_coef == 0:
             if not self._warned:
@@ -200,10 +208,11 @@ class FineTuneEditor(_LocalEditor):
         retain_limit: use at most this many retain batches (None: all).
 
     Raises:
-        ValueError: at construction for a non-positive lr or step limit, an unknown locality, a negative coefficient
-            or a target outside (0, 1]; at :meth:`edit`, before the model changes, for an unknown layer name (the
-            message lists the valid ones), an empty edit set, labels outside the model's classes, or retain data
-            of another input shape.
+        ValueError: at construction for a non-positive lr or step limit, an unknown locality, a negative coefficient,
+            a target outside (0, 1], ``retain_limit < 1``, or retain data beside ``locality_coef=0`` (it would never
+            be read); at :meth:`edit`, before the model changes, for an unknown layer name (the message lists the
+            valid ones), an empty edit set, labels outside the model's classes, retain data of another input shape,
+            or retain data passed while ``locality_coef=0``.
     """
 
     def __init__(self, layers: Sequence[str] | None = None, lr: float = 1e-3, max_steps: int = 100,
@@ -259,6 +268,7 @@ class InterpolationEditor:
         if not 0 < target_accuracy <= 1 or num_alphas < 2:
             raise ValueError(f"Need 0 < target_accuracy <= 1 and num_alphas >= 2, got {target_accuracy}, {num_alphas}.")
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
+        self.locality_coef = locality_coef
         self.finetune = FineTuneEditor([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
                                        retain_limit)
         self.finetune.name = type(self).__name__

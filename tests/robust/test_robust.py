@@ -233,7 +233,19 @@ def test_bad_edit_input_is_an_error_before_the_model_changes(shirts):
         LowRankEditor("hidden", rank=10_000).edit(model, ex, ey)
     with pytest.raises(ValueError, match="locality must be"):
         FineTuneEditor(locality="l2")
+    with pytest.raises(ValueError, match="passed to edit\\(\\) but locality_coef=0"):
+        InterpolationEditor("hidden", locality_coef=0).edit(model, ex, ey, retain=retain)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_retain_that_would_never_be_read_is_a_construction_error(shirts):
+    retain = shirts[3]
+    with pytest.raises(ValueError, match="retain data was given with locality_coef=0"):
+        FineTuneEditor(retain=retain, locality_coef=0)
+    with pytest.raises(ValueError, match="retain data was given with locality_coef=0"):
+        LowRankEditor("hidden", retain=retain, locality_coef=0)
+    with pytest.raises(ValueError, match="retain_limit must be >= 1"):
+        FineTuneEditor(retain_limit=0)
 
 
 def test_one_editor_vocabulary():
@@ -282,3 +294,5 @@ def test_callback_refuses_arguments_that_could_not_take_effect():
     RobustEditReport()  # the defaults: a report on the model alone
     RobustEditReport(editors=[{"name": "gradient", "editable_parameters": ["hidden.*"]}], retain_batches=0)
     RobustEditReport(editors=[{"name": "finetune"}], retain_batches=4, edit_class=3)
+    with pytest.raises(ValueError, match="nor any editor with locality_coef=0"):  # nobody would read the batches
+        RobustEditReport(editors=[{"name": "low_rank", "layer": "hidden", "locality_coef": 0}], retain_batches=4)
