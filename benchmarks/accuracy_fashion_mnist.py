@@ -93,10 +93,12 @@ def arm_scores(model: torch.nn.Module, layers: dict, label: str, calib: list, se
                           normalize=normalize and importance in ("discedit", "l1"), redundancy=REDUNDANCY.get(label, 0.0))
 
 
-def train_vgg(seed: int, dm, side: int, width: float, epochs: int) -> ClassifierModule:
-    """The benchmark's VGG-11 trained anew with ``seed`` (Adam lr 2e-3, ``epochs`` epochs), as in :func:`main`."""
+def train_base(seed: int, dm, side: int, width: float, epochs: int, arch: str = "vgg11") -> ClassifierModule:
+    """The benchmark's network (VGG-11 at ``width``, or ResNet-20 with option-B shortcuts) trained anew with ``seed``
+    (Adam lr 2e-3, ``epochs`` epochs), as in :func:`main`."""
     L.seed_everything(seed, verbose=False)
-    base = ClassifierModule(vgg(side, width), optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
+    net = vgg(side, width) if arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
+    base = ClassifierModule(net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
     trainer(epochs).fit(base, datamodule=dm)
     return base
 
@@ -171,11 +173,8 @@ def main() -> None:
             print(f"written: {out}/table.md, results.json")
 
     for seed in range(args.seeds):
-        L.seed_everything(seed, verbose=False)
-        net = vgg(side, args.width) if args.arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
-        base = ClassifierModule(net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
         t0 = time.perf_counter()
-        trainer(args.epochs).fit(base, datamodule=dm)
+        base = train_base(seed, dm, side, args.width, args.epochs, args.arch)
         dense = test_acc(base.model, x_test, y_test)
         dense_accs.append(dense)
         dense_params = sum(p.numel() for p in base.model.parameters())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import sample_batches, test_acc, train_vgg
+from accuracy_fashion_mnist import sample_batches, test_acc, train_base
 
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
 
@@ -68,7 +68,7 @@ def main() -> None:
     accuracy: dict[str, list[float]] = {}
     names: list[str] = []
     for seed in range(args.seeds):
-        base = train_vgg(seed, dm, side, args.width, args.epochs)
+        base = train_base(seed, dm, side, args.width, args.epochs)
         dense_params = sum(p.numel() for p in base.model.parameters())
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         layers = prunable_layers(base.model)

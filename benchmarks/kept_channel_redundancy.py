@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, train_vgg
+from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, train_base
 from pruning_layer_sensitivity import LABELS
 
 from lightning_edit.discedit import prunable_layers
@@ -61,7 +61,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     names: list[str] = []
     for seed in range(args.seeds):
-        base = train_vgg(seed, dm, side, args.width, args.epochs)
+        base = train_base(seed, dm, side, args.width, args.epochs)
         calib = sample_batches(dm, 16, 1000 + seed)
         layers = prunable_layers(base.model)
         names[:] = list(layers)

@@ -3,14 +3,16 @@
 The whole-network benchmark (``accuracy_fashion_mnist.py``) ranks DISCEDIT below random on VGG-11 after BatchNorm
 recalibration. This script asks in which layers. For each seed the network of that benchmark is trained anew
 (same seed, same recipe); every criterion scores all layers once on the same calibration sample; then, for
-each conv layer alone, a copy loses ``fraction`` of that layer's channels by each criterion, its BatchNorm
+each channel group alone, a copy loses ``fraction`` of that group's channels by each criterion, its BatchNorm
 statistics are re-estimated on the same recalibration sample, and its test accuracy is measured (all 10,000
-test images). Taylor is left out (it needs a loss at scoring time, and the whole-network table has it).
+test images). A group is one conv layer in VGG; in ResNet-20 (``--arch resnet20``) the convs that add into one
+residual stream form one group, scored by the maximum over its layers as in the whole-network benchmark. Taylor is
+left out (it needs a loss at scoring time, and the whole-network table has it).
 
 Writes ``results.json``, ``table.md`` and ``sensitivity.png`` (test accuracy against layer, one line per
 criterion, one panel per fraction) to ``--out``.
 
-    python benchmarks/pruning_layer_sensitivity.py [--width 0.25] [--seeds 3] [--fractions 0.5 0.75]
+    python benchmarks/pruning_layer_sensitivity.py [--arch vgg11|resnet20] [--width 0.25] [--seeds 3] [--fractions 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, add_pruning_arguments, pruning_setup
-from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_vgg
+from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_base
 
 from lightning_edit.discedit import prunable_layers, prune_channels, recalibrate_batchnorm
+from lightning_edit.discedit.structured import build_dependency_graph, channel_groups
 
 LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "L2 (torch-pruning group)",
           "BN scale (torch-pruning)", "random"]
@@ -42,10 +45,14 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75], help="channels removed from the one layer")
     ap.add_argument("--arms", nargs="+", default=LABELS, choices=[k for k, v in ARMS.items() if v[0] != "taylor"],
                     help="criteria (labels of accuracy_fashion_mnist.ARMS)")
+    ap.add_argument("--arch", choices=["vgg11", "resnet20"], default="vgg11", help="resnet20: option-B shortcuts")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     labels = args.arms
-    out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_w{args.width:g}")
+    tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
+    out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_{tag}")
+    network = f"VGG-11, width {args.width:g}" if args.arch == "vgg11" else "ResNet-20, option-B shortcuts"
+    members: dict[str, list[str]] = {}  # group (named by its root layer) -> its conv layers
     dm, side, x_test, y_test, example = pruning_setup(args.train_subset)
     results: dict[str, list[float]] = {}
     dense_accs: list[float] = []
@@ -54,13 +61,16 @@ def main() -> None:
     widths: dict[str, int] = {}
 
     def write() -> None:
-        lines = [f"Dense test accuracy {mean_std(dense_accs)[0]:.3f} ± {mean_std(dense_accs)[1]:.3f} (VGG-11, width "
-                 f"{args.width:g}, {len(dense_accs)} seeds); after the same BatchNorm recalibration, unpruned: "
-                 f"{mean_std(dense_recal_accs)[0]:.3f} ± {mean_std(dense_recal_accs)[1]:.3f}. One layer pruned at a time, "
-                 "BN-recalibrated, no fine-tuning.", ""]
+        lines = [f"Dense test accuracy {mean_std(dense_accs)[0]:.3f} ± {mean_std(dense_accs)[1]:.3f} ({network}, "
+                 f"{len(dense_accs)} seeds); after the same BatchNorm recalibration, unpruned: "
+                 f"{mean_std(dense_recal_accs)[0]:.3f} ± {mean_std(dense_recal_accs)[1]:.3f}. One channel group pruned "
+                 "at a time, BN-recalibrated, no fine-tuning.", ""]
+        coupled = {g: m for g, m in members.items() if len(m) > 1}
+        if coupled:
+            lines += ["Coupled groups (one residual stream): " + "; ".join(f"{g}: {', '.join(m)}" for g, m in coupled.items()), ""]
         for fraction in args.fractions:
-            lines += [f"**{fraction:.0%} of one layer's channels removed**", "",
-                      "| layer | channels | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+            lines += [f"**{fraction:.0%} of one group's channels removed**", "",
+                      "| group | channels | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
             for name in layer_names:
                 cells = []
                 row = {lab: results.get(f"{fraction}|{name}|{lab}") for lab in labels}
@@ -72,7 +82,8 @@ def main() -> None:
             lines.append("")
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text("\n".join(lines))
-        (out / "results.json").write_text(json.dumps({"settings": vars(args), "layers": layer_names, "widths": widths,
+        (out / "results.json").write_text(json.dumps({"settings": vars(args), "groups": layer_names, "members": members,
+                                                      "widths": widths,
                                                       "dense_test_accuracy": dense_accs,
                                                       "dense_recalibrated_test_accuracy": dense_recal_accs, "results": results}, indent=2))
         plot()
@@ -92,8 +103,8 @@ def main() -> None:
                             linewidth=2.5 if lab.startswith("DISCEDIT") else 1.2)
             ax.axhline(mean_std(dense_recal_accs)[0], color="k", linestyle=":", label="unpruned, BN-recalibrated")
             ax.set_xticks(list(xs), [f"{n}\n({widths[n]})" for n in layer_names], fontsize=7)
-            ax.set_title(f"{fraction:.0%} of one layer's channels removed, BN-recalibrated")
-            ax.set_xlabel("pruned layer (channels)")
+            ax.set_title(f"{fraction:.0%} of one group's channels removed, BN-recalibrated")
+            ax.set_xlabel("pruned group (channels)")
             ax.set_ylabel("test accuracy")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
@@ -102,7 +113,7 @@ def main() -> None:
 
     for seed in range(args.seeds):
         t0 = time.perf_counter()
-        base = train_vgg(seed, dm, side, args.width, args.epochs)
+        base = train_base(seed, dm, side, args.width, args.epochs, args.arch)
         dense_accs.append(test_acc(base.model, x_test, y_test))
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
         dense_recal = copy.deepcopy(base.model)
@@ -111,15 +122,20 @@ def main() -> None:
         print(f"seed {seed}: trained in {time.perf_counter() - t0:.0f} s; dense test acc {dense_accs[-1]:.4f}, "
               f"BN-recalibrated {dense_recal_accs[-1]:.4f}", flush=True)
         layers = prunable_layers(base.model)
-        layer_names[:] = list(layers)
-        widths.update({n: int(m.out_channels) for n, m in layers.items()})
+        order = {n: i for i, n in enumerate(layers)}
+        groups = sorted(channel_groups(base.model, build_dependency_graph(base.model, example), layers),
+                        key=lambda g: min(order[n] for n in g.members))  # forward order of their first layer
+        members.update({g.root: list(g.members) for g in groups})
+        layer_names[:] = [g.root for g in groups]
+        widths.update({g.root: g.width for g in groups})
         for lab in labels:
             scores = arm_scores(base.model, layers, lab, calib, seed, example)
             for name in layer_names:
                 for fraction in args.fractions:
                     model = copy.deepcopy(base.model)
-                    one = {name: prunable_layers(model)[name]}
-                    prune_channels(model, example, {name: scores[name]}, fraction, one, min_channels=1)
+                    copies = prunable_layers(model)
+                    one = {n: copies[n] for n in members[name]}
+                    prune_channels(model, example, {n: scores[n] for n in one}, fraction, one, min_channels=1)
                     recalibrate_batchnorm(model, recal)
                     acc = test_acc(model, x_test, y_test)
                     results.setdefault(f"{fraction}|{name}|{lab}", []).append(acc)

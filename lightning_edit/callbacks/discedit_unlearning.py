@@ -97,7 +97,7 @@ class DiscEditUnlearning(Callback):
             default (the paper does not); a model without BatchNorm: nothing to do (said in the log).
         evaluate: measure per-class accuracy on the validation loader before and after.
         inputs_targets: ``batch -> (inputs, class_indices)``.
-        plot: save the per-class accuracy plot.
+        plot: save the per-class accuracy plot (it needs the accuracies: none with ``evaluate=False``, which says so).
         seed: seed of the random baseline.
 
     Raises:
@@ -366,7 +366,8 @@ class DiscEditUnlearning(Callback):
         r = self.report
         if "forget_acc_before" not in r:  # evaluate=False: no accuracies to tabulate
             rank_zero_info(f"DISCEDIT-U: forgetting classes {self.forget_classes} "
-                           f"({r['fraction_masked']:.1%} of weights masked; evaluate=False, accuracies not measured)")
+                           f"({r['fraction_masked']:.1%} of weights masked; evaluate=False, accuracies not measured"
+                           f"{' and no per-class plot' if self.plot else ''})")
             return
         table = Table(title=f"DISCEDIT-U: forgetting classes {self.forget_classes} ({r['fraction_masked']:.1%} of weights masked)")
         for col in ("", "forget acc", "remaining acc", "FA", "RA"):

@@ -65,11 +65,12 @@ def test_finetune_batches_contain_no_forget_class(tmp_path):
 
 
 def test_evaluate_false_reports_a_line_not_an_empty_table(tmp_path, capsys, caplog):
-    cb = DiscEditUnlearning([2], ratio=0.1, unlearn_epoch=0, plot=False, evaluate=False)
+    cb = DiscEditUnlearning([2], ratio=0.1, unlearn_epoch=0, evaluate=False)  # plot=True by default
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2).fit(module(), datamodule=DigitsDataModule())
     assert "forget acc" not in capsys.readouterr().out
-    assert "evaluate=False, accuracies not measured" in caplog.text
+    assert "evaluate=False, accuracies not measured and no per-class plot" in caplog.text
+    assert not list(tmp_path.rglob("*.png"))
 
 
 def test_at_fit_end_and_retain_only_baseline(tmp_path):
