@@ -14,7 +14,7 @@ turned into scores: the k highest-scored channels are the greedy keep set of siz
 
 Measured (README, 3 seeds, BN-recalibrated, layer scope): on VGG-11 ¼ after BN + ReLU, 0.863 / 0.829 / 0.723 at 30 /
 50 / 70% parameter sparsity against 0.834 / 0.767 / 0.660 without it and 0.851 / 0.801 / 0.715 for random; on
-ResNet-20, where coupled layers' orders are summed into one group ranking, no gain.
+ResNet-20, where coupled layers' orders are merged (maximum per channel) into one group ranking, no gain.
 """
 
 from __future__ import annotations
