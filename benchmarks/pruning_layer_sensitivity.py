@@ -6,7 +6,9 @@ recalibration. This script asks in which layers. For each seed the network of th
 each channel group alone, a copy loses ``fraction`` of that group's channels by each criterion, its BatchNorm
 statistics are re-estimated on the same recalibration sample, and its test accuracy is measured (all 10,000
 test images). A group is one conv layer in VGG; in ResNet-20 (``--arch resnet20``) the convs that add into one
-residual stream form one group, scored by the maximum over its layers as in the whole-network benchmark. Taylor is
+residual stream form one group, scored by the maximum over its layers as in the whole-network benchmark. With
+``--units sets`` the units are instead the coupled groups together, the single-layer groups together, and all
+groups together (each group losing ``fraction``), to see where pruning groups together costs more. Taylor is
 left out (it needs a loss at scoring time, and the whole-network table has it).
 
 Writes ``results.json``, ``table.md`` and ``sensitivity.png`` (test accuracy against layer, one line per
@@ -46,11 +48,14 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=LABELS, choices=[k for k, v in ARMS.items() if v[0] != "taylor"],
                     help="criteria (labels of accuracy_fashion_mnist.ARMS)")
     ap.add_argument("--arch", choices=["vgg11", "resnet20"], default="vgg11", help="resnet20: option-B shortcuts")
+    ap.add_argument("--units", choices=["groups", "sets"], default="groups",
+                    help="groups: one channel group at a time; sets: the coupled groups (residual streams) together, "
+                         "the single-layer groups together, and all groups together")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     labels = args.arms
     tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
-    out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_{tag}")
+    out = Path(args.out or RESULTS / f"pruning_layer_sensitivity_{tag}{'_sets' if args.units == 'sets' else ''}")
     network = f"VGG-11, width {args.width:g}" if args.arch == "vgg11" else "ResNet-20, option-B shortcuts"
     members: dict[str, list[str]] = {}  # group (named by its root layer) -> its conv layers
     dm, side, x_test, y_test, example = pruning_setup(args.train_subset)
@@ -63,13 +68,14 @@ def main() -> None:
     def write() -> None:
         lines = [f"Dense test accuracy {mean_std(dense_accs)[0]:.3f} ± {mean_std(dense_accs)[1]:.3f} ({network}, "
                  f"{len(dense_accs)} seeds); after the same BatchNorm recalibration, unpruned: "
-                 f"{mean_std(dense_recal_accs)[0]:.3f} ± {mean_std(dense_recal_accs)[1]:.3f}. One channel group pruned "
-                 "at a time, BN-recalibrated, no fine-tuning.", ""]
-        coupled = {g: m for g, m in members.items() if len(m) > 1}
+                 f"{mean_std(dense_recal_accs)[0]:.3f} ± {mean_std(dense_recal_accs)[1]:.3f}. One "
+                 f"{'channel group' if args.units == 'groups' else 'set of groups (each group losing the fraction)'} "
+                 "pruned at a time, BN-recalibrated, no fine-tuning.", ""]
+        coupled = {g: m for g, m in members.items() if len(m) > 1} if args.units == "groups" else {}
         if coupled:
             lines += ["Coupled groups (one residual stream): " + "; ".join(f"{g}: {', '.join(m)}" for g, m in coupled.items()), ""]
         for fraction in args.fractions:
-            lines += [f"**{fraction:.0%} of one group's channels removed**", "",
+            lines += [f"**{fraction:.0%} of the channels of each pruned group removed**", "",
                       "| group | channels | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
             for name in layer_names:
                 cells = []
@@ -125,9 +131,15 @@ def main() -> None:
         order = {n: i for i, n in enumerate(layers)}
         groups = sorted(channel_groups(base.model, build_dependency_graph(base.model, example), layers),
                         key=lambda g: min(order[n] for n in g.members))  # forward order of their first layer
-        members.update({g.root: list(g.members) for g in groups})
-        layer_names[:] = [g.root for g in groups]
-        widths.update({g.root: g.width for g in groups})
+        if args.units == "groups":
+            members.update({g.root: list(g.members) for g in groups})
+            widths.update({g.root: g.width for g in groups})
+        else:
+            sets = {"coupled groups": [g for g in groups if len(g.members) > 1],
+                    "single-layer groups": [g for g in groups if len(g.members) == 1], "all groups": groups}
+            members.update({k: [n for g in v for n in g.members] for k, v in sets.items() if v})
+            widths.update({k: sum(g.width for g in v) for k, v in sets.items() if v})
+        layer_names[:] = list(members)
         for lab in labels:
             scores = arm_scores(base.model, layers, lab, calib, seed, example)
             for name in layer_names:
