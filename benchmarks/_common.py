@@ -47,6 +47,21 @@ def pruning_setup(train_subset: int | None):
     return dm, side, dm.test_set.x, dm.test_set.y, torch.zeros(1, 1, side, side)
 
 
+def ordered_groups(model: torch.nn.Module, example: torch.Tensor) -> list:
+    """The channel groups of ``model``'s prunable layers (:func:`~lightning_edit.discedit.structured.channel_groups`), in
+    the forward order of each group's first layer; a group's ``members`` are in forward order too."""
+    from lightning_edit.discedit import prunable_layers
+    from lightning_edit.discedit.structured import build_dependency_graph, channel_groups
+
+    layers = prunable_layers(model)
+    order = {n: i for i, n in enumerate(layers)}
+    groups = sorted(channel_groups(model, build_dependency_graph(model, example), layers),
+                    key=lambda g: min(order[n] for n in g.members))
+    for g in groups:
+        g.members = dict(sorted(g.members.items(), key=lambda item: order[item[0]]))
+    return groups
+
+
 def vgg(side: int, width: float = 0.25) -> VGG:
     return VGG("vgg11", in_channels=1, num_classes=10, width_multiplier=width, max_pools=4 if side >= 16 else 3)
 

@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, add_pruning_arguments, pruning_setup
+from _common import RESULTS, add_pruning_arguments, ordered_groups, pruning_setup
 from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_base
 
 from lightning_edit.discedit import prunable_layers, prune_channels, recalibrate_batchnorm
-from lightning_edit.discedit.structured import build_dependency_graph, channel_groups
 
 LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "L2 (torch-pruning group)",
           "BN scale (torch-pruning)", "random"]
@@ -109,7 +108,7 @@ def main() -> None:
                             linewidth=2.5 if lab.startswith("DISCEDIT") else 1.2)
             ax.axhline(mean_std(dense_recal_accs)[0], color="k", linestyle=":", label="unpruned, BN-recalibrated")
             ax.set_xticks(list(xs), [f"{n}\n({widths[n]})" for n in layer_names], fontsize=7)
-            ax.set_title(f"{fraction:.0%} of one group's channels removed, BN-recalibrated")
+            ax.set_title(f"{fraction:.0%} of each pruned group's channels removed, BN-recalibrated")
             ax.set_xlabel("pruned group (channels)")
             ax.set_ylabel("test accuracy")
         axes[0][-1].legend(fontsize=7)
@@ -128,9 +127,7 @@ def main() -> None:
         print(f"seed {seed}: trained in {time.perf_counter() - t0:.0f} s; dense test acc {dense_accs[-1]:.4f}, "
               f"BN-recalibrated {dense_recal_accs[-1]:.4f}", flush=True)
         layers = prunable_layers(base.model)
-        order = {n: i for i, n in enumerate(layers)}
-        groups = sorted(channel_groups(base.model, build_dependency_graph(base.model, example), layers),
-                        key=lambda g: min(order[n] for n in g.members))  # forward order of their first layer
+        groups = ordered_groups(base.model, example)
         if args.units == "groups":
             members.update({g.root: list(g.members) for g in groups})
             widths.update({g.root: g.width for g in groups})

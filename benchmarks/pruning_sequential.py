@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, add_pruning_arguments, pruning_setup
+from _common import RESULTS, add_pruning_arguments, ordered_groups, pruning_setup
 from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_base
 
 from lightning_edit.discedit import prunable_layers, prune_channels, recalibrate_batchnorm
-from lightning_edit.discedit.structured import build_dependency_graph, channel_groups
 
 LABELS = ["DISCEDIT (conv output)", "DISCEDIT (after BN+ReLU)", "L1 (filter)", "BN scale (torch-pruning)", "random"]
 PROTOCOLS = ["one-shot", "sequential"]
@@ -41,14 +40,6 @@ PROTOCOLS = ["one-shot", "sequential"]
 
 def mean_std(v: list[float]) -> tuple[float, float]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
-def group_members(model: torch.nn.Module, example: torch.Tensor) -> list[list[str]]:
-    """The prunable layers of each channel group, groups in the forward order of their first layer."""
-    layers = prunable_layers(model)
-    order = {n: i for i, n in enumerate(layers)}
-    groups = channel_groups(model, build_dependency_graph(model, example), layers)
-    return [sorted(g.members, key=order.get) for g in sorted(groups, key=lambda g: min(order[n] for n in g.members))]
 
 
 def one_shot(base: torch.nn.Module, label: str, fraction: float, calib, recal, seed: int, example) -> torch.nn.Module:
@@ -114,7 +105,7 @@ def main() -> None:
         base = train_base(seed, dm, side, args.width, args.epochs, args.arch).model
         dense_accs.append(test_acc(base, x_test, y_test))
         calib, recal = sample_batches(dm, 16, 1000 + seed), sample_batches(dm, 20, 2000 + seed)
-        groups = group_members(base, example)
+        groups = [list(g.members) for g in ordered_groups(base, example)]
         print(f"seed {seed}: trained in {time.perf_counter() - t0:.0f} s; dense test acc {dense_accs[-1]:.4f}", flush=True)
         for fraction in args.fractions:
             for lab in args.arms:

@@ -268,11 +268,15 @@ class InterpolationEditor:
         if not 0 < target_accuracy <= 1 or num_alphas < 2:
             raise ValueError(f"Need 0 < target_accuracy <= 1 and num_alphas >= 2, got {target_accuracy}, {num_alphas}.")
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
-        self.locality_coef = locality_coef
         self.finetune = FineTuneEditor([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
                                        retain_limit)
         self.finetune.name = type(self).__name__
         self.alpha: float | None = None
+
+    @property
+    def locality_coef(self) -> float:
+        """The one-layer fine-tune's locality weight (0: retain data is not read)."""
+        return self.finetune.locality_coef
 
     def interpolate(self, original: nn.Module, finetuned: nn.Module, alpha: float) -> nn.Module:
         """A copy of ``original`` whose layer holds ``(1 - α) W₀ + α W_ft`` (α = 0: original, 1: fine-tuned)."""

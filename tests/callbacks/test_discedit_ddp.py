@@ -26,12 +26,12 @@ def net() -> nn.Module:
     )
 
 
-def run(tmp_path, strategy: str, devices: int, redundancy: float = 0.0, cleanup=None) -> list:
+def run(tmp_path, strategy: str, devices: int, redundancy: float = 0.0, extra: tuple = ()) -> list:
     module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, calibration_batches=None, calibration_source="val",
                          plot=False, evaluate=False, redundancy=redundancy)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, limit_train_batches=2, callbacks=[cb, *([cleanup] if cleanup else [])],
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, limit_train_batches=2, callbacks=[cb, *extra],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=str(tmp_path),
     )
@@ -43,19 +43,19 @@ def run(tmp_path, strategy: str, devices: int, redundancy: float = 0.0, cleanup=
 @pytest.mark.parametrize("redundancy", [0.0, 1.0])  # 1.0: the channel correlations are all-reduced too
 def test_ddp_spawn_selects_same_channels_as_single_process(tmp_path, fresh_ddp_env, redundancy):
     single = run(tmp_path / "single", "auto", 1, redundancy)
-    ddp = run(tmp_path / "ddp", "ddp_spawn", 2, redundancy, cleanup=fresh_ddp_env)
+    ddp = run(tmp_path / "ddp", "ddp_spawn", 2, redundancy, extra=(fresh_ddp_env,))
     assert len(single) == 3
     assert [[n, o, sorted(i)] for n, o, i in ddp] == [[n, o, sorted(i)] for n, o, i in single]
 
 
-def run_unlearning(tmp_path, strategy: str, devices: int, cleanup=None) -> dict:
+def run_unlearning(tmp_path, strategy: str, devices: int, extra: tuple = ()) -> dict:
     from lightning_edit.callbacks import DiscEditUnlearning
 
     module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditUnlearning([3], unlearn_epoch=0, calibration_batches=None, calibration_source="val", plot=False,
                             evaluate=False, forget_target=0.05)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=2, callbacks=[cb, *([cleanup] if cleanup else [])],
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=2, callbacks=[cb, *extra],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, default_root_dir=str(tmp_path),
     )
@@ -68,5 +68,5 @@ def run_unlearning(tmp_path, strategy: str, devices: int, cleanup=None) -> dict:
 def test_ddp_spawn_unlearning_search_picks_the_same_ratio_and_masks(tmp_path, fresh_ddp_env):
     """ratio='auto' sums the forget-class counts across ranks, so both ranks and one process agree."""
     single = run_unlearning(tmp_path / "single", "auto", 1)
-    ddp = run_unlearning(tmp_path / "ddp", "ddp_spawn", 2, cleanup=fresh_ddp_env)
+    ddp = run_unlearning(tmp_path / "ddp", "ddp_spawn", 2, extra=(fresh_ddp_env,))
     assert ddp == single and 0 < single["ratio"] <= 0.5 and single["calibration_forget_acc"] <= 0.05

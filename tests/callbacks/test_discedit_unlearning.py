@@ -116,12 +116,12 @@ def test_forget_class_missing_from_calibration_leaves_model_unchanged(tmp_path):
     assert not hasattr(m.model.hidden, "weight_mask")
 
 
-def _ddp_masks(tmp_path, strategy, devices, cleanup=None):
+def _ddp_masks(tmp_path, strategy, devices, extra=()):
     m = ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditUnlearning([3], ratio=0.25, layers=None, unlearn_epoch=0, calibration_batches=None, calibration_source="val",
                             plot=False, evaluate=False)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1, limit_train_batches=1,
-                        callbacks=[cb, *([cleanup] if cleanup else [])], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[cb, *extra], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     torch.manual_seed(0)
     m.load_state_dict(ClassifierModule(SmallCNN(1, 10, widths=(8, 16), hidden=16)).state_dict())
@@ -135,5 +135,5 @@ def _ddp_masks(tmp_path, strategy, devices, cleanup=None):
 
 def test_ddp_masks_the_same_components_as_one_process(tmp_path, fresh_ddp_env):
     single = _ddp_masks(tmp_path / "s", "auto", 1)
-    ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2, cleanup=fresh_ddp_env)
+    ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2, extra=(fresh_ddp_env,))
     assert all(single.values()) and ddp == single
