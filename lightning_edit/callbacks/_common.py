@@ -176,6 +176,17 @@ def check_epoch_in_run(trainer: L.Trainer, last_epoch: int, what: str) -> None:
         )
 
 
+def is_fast_dev_run(trainer: L.Trainer) -> bool:
+    """Whether the Trainer is a ``fast_dev_run`` smoke test (one epoch of a few batches)."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
+def say_fast_dev_run(who: str, scheduled: str, instead: str) -> None:
+    """One info line: under ``fast_dev_run`` the edit runs once on the single epoch instead of on its schedule."""
+    rank_zero_info(f"{who}: fast_dev_run is on, so the edit scheduled for {scheduled} runs once, {instead}, to "
+                   "exercise it; a real run follows the schedule (and checks it against max_epochs).")
+
+
 def check_start_edit_ran(trainer: L.Trainer, done: bool, what: str) -> None:
     """At the end of fit: raise if an edit asked for at ``"start"`` never ran (a resumed run with no epoch left).
 

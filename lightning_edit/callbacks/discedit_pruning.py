@@ -30,10 +30,12 @@ from lightning_edit.callbacks._common import (
     device_batches,
     evaluate_accuracy,
     forget_checkpoint_scores_before_edit,
+    is_fast_dev_run,
     is_last_train_batch,
     log_metrics,
     output_dir,
     probe_classifier,
+    say_fast_dev_run,
     stage_loader,
 )
 from lightning_edit.discedit.prune import IMPORTANCES, NEEDS_GRADIENTS, channel_scores, prune_channels
@@ -193,6 +195,7 @@ class DiscEditPruning(Callback):
         self.sparsity, self.sparsity_type, self.schedule = sparsity, sparsity_type, schedule
         self.at_start = prune_epoch == "start"
         self.prune_epochs = [] if self.at_start else list(range(prune_epoch, (end_epoch if end_epoch is not None else prune_epoch) + 1))
+        self._due = self._scheduled_steps()
         self.witness_name, self.importance, self.scope = witness, importance, scope
         self.feature_site = feature_site
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
@@ -219,6 +222,10 @@ class DiscEditPruning(Callback):
         """``batch -> (inputs, class_indices)``; override in a subclass for other batch structures."""
         return self._inputs_targets(batch)
 
+    def _scheduled_steps(self) -> dict[int, float]:
+        """``{epoch: target sparsity after that epoch's prune}`` of the schedule."""
+        return {e: self.step_sparsity(i) for i, e in enumerate(self.prune_epochs)}
+
     def step_sparsity(self, step: int) -> float:
         """Target sparsity after pruning step ``step`` (0-based) of ``len(self.prune_epochs)``."""
         frac = (step + 1) / max(1, len(self.prune_epochs))
@@ -234,7 +241,13 @@ class DiscEditPruning(Callback):
             return
         if self.prune_epochs:
             epochs = f"prune_epoch={self.prune_epochs[0]}" + (f", end_epoch={self.prune_epochs[-1]}" if len(self.prune_epochs) > 1 else "")
-            check_epoch_in_run(trainer, self.prune_epochs[-1], f"DiscEditPruning({epochs})")
+            if is_fast_dev_run(trainer):
+                self._due = {0: self.sparsity}
+                say_fast_dev_run(f"DiscEditPruning({epochs})", "those epochs",
+                                 f"at the end of epoch 0's training, straight to sparsity {self.sparsity}")
+            else:
+                self._due = self._scheduled_steps()
+                check_epoch_in_run(trainer, self.prune_epochs[-1], f"DiscEditPruning({epochs})")
         layers = prunable_layers(pl_module, self.layer_patterns)
         self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
         self.num_classes, self.input_shape = probe_classifier(
@@ -263,8 +276,8 @@ class DiscEditPruning(Callback):
 
     def _prune_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if epoch in self.prune_epochs and not any(e["epoch"] == epoch for e in self.events):
-            self.prune(trainer, pl_module, self.step_sparsity(self.prune_epochs.index(epoch)))
+        if epoch in self._due and not any(e["epoch"] == epoch for e in self.events):
+            self.prune(trainer, pl_module, self._due[epoch])
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -26,10 +26,12 @@ from lightning_edit.callbacks._common import (
     device_batches,
     evaluate_accuracy,
     forget_checkpoint_scores_before_edit,
+    is_fast_dev_run,
     is_last_train_batch,
     log_metrics,
     output_dir,
     probe_classifier,
+    say_fast_dev_run,
     stage_loader,
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
@@ -163,6 +165,7 @@ class DiscEditUnlearning(Callback):
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs
+        self._run_epoch, self._run_finetune = unlearn_epoch, finetune_epochs  # what this fit does (fast_dev_run)
         self.witness, self.importance, self.layer_patterns = witness, importance, layers
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
@@ -190,7 +193,15 @@ class DiscEditUnlearning(Callback):
         enable_edit_reload(pl_module)
         if stage != "fit":
             return
-        if isinstance(self.unlearn_epoch, int):
+        self._run_epoch, self._run_finetune = self.unlearn_epoch, self.finetune_epochs
+        if is_fast_dev_run(trainer) and self.unlearn_epoch is not None:
+            self._run_epoch = "start" if self.unlearn_epoch == "start" else 0
+            self._run_finetune = min(self.finetune_epochs, 1) if self.unlearn_epoch == "start" else 0
+            say_fast_dev_run(
+                f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch!r}, finetune_epochs={self.finetune_epochs})",
+                "those epochs", "before epoch 0 with epoch 0 as fine-tuning" if self._run_epoch == "start"
+                else "at the end of epoch 0's training, without fine-tuning")
+        elif isinstance(self.unlearn_epoch, int):
             check_epoch_in_run(
                 trainer, self.unlearn_epoch + self.finetune_epochs,
                 f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch}, finetune_epochs={self.finetune_epochs})",
@@ -211,9 +222,9 @@ class DiscEditUnlearning(Callback):
     # ------------------------------------------------------------------ the edit
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.unlearn_epoch == "start" and self.done_epoch is None:
+        if self._run_epoch == "start" and self.done_epoch is None:
             check_epoch_in_run(
-                trainer, trainer.current_epoch + self.finetune_epochs - 1,
+                trainer, trainer.current_epoch + self._run_finetune - 1,
                 f"DiscEditUnlearning(unlearn_epoch='start', finetune_epochs={self.finetune_epochs}) from epoch "
                 f"{trainer.current_epoch}",
             )
@@ -227,9 +238,9 @@ class DiscEditUnlearning(Callback):
             self._forget_if_due(trainer, pl_module)
 
     def _forget_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.done_epoch is None and trainer.current_epoch == self.unlearn_epoch:
+        if self.done_epoch is None and trainer.current_epoch == self._run_epoch:
             self.forget(trainer, pl_module, in_loop=True)
-            if self.finetune_epochs == 0:
+            if self._run_finetune == 0:
                 trainer.should_stop = True
 
     @override
@@ -237,7 +248,7 @@ class DiscEditUnlearning(Callback):
         epoch = trainer.current_epoch
         if self.done_epoch is None:
             self._forget_if_due(trainer, pl_module)  # only if no last batch was seen (e.g. an iterable of unknown length)
-        elif self.finetune_epochs and epoch == self.done_epoch + self.finetune_epochs:
+        elif self._run_finetune and epoch == self.done_epoch + self._run_finetune:
             self._measure(trainer, pl_module, "_ft", in_loop=True)
             trainer.should_stop = True
 

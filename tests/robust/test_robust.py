@@ -146,12 +146,21 @@ def clean_drop(model, edited, batches):
         return float((model(x).argmax(1) == y).float().mean() - (edited(x).argmax(1) == y).float().mean())
 
 
-def test_locality_keeps_the_rest_of_the_model(shirts):
-    model, ex, ey, retain, test = shirts
+def test_locality_keeps_the_rest_of_the_model(trained_digits, shirts):
+    """An edit that takes tens of steps (6 correct test digits relabelled to the next class): the KL term has zero
+    gradient at the original weights and acts only once the edit has drifted, so an edit of the model's own
+    mistakes, which succeeds in a few steps, cannot show it. Measured with 1 and 2 threads: the free edit drops
+    78.1 / 78.5 points of validation accuracy, the local one 0.7 / 1.1 (changed predictions 81% vs 3-4%)."""
+    model, _, _, retain, test = shirts
+    _, dm = trained_digits
+    with torch.no_grad():
+        right = model(dm.test_set.x).argmax(1) == dm.test_set.y
+    ex, ey = dm.test_set.x[right][:6], (dm.test_set.y[right][:6] + 1) % 10
     free, r_free = FineTuneEditor(lr=1e-3, max_steps=300, locality_coef=0).edit(model, ex, ey)
     local, r_local = FineTuneEditor(lr=1e-3, max_steps=300, locality_coef=10.0).edit(model, ex, ey, retain=retain)
-    assert r_local.success and r_free.success
-    assert clean_drop(model, local, test) < 0.5 * clean_drop(model, free, test)
+    assert r_local.success and r_free.success and r_free.steps > 10
+    assert clean_drop(model, free, test) > 0.3
+    assert clean_drop(model, local, test) < 0.1 * clean_drop(model, free, test)
     assert r_local.drift is not None and r_local.edit_accuracy == 1.0
 
 
