@@ -38,7 +38,14 @@ from lightning_edit.callbacks._common import (
     say_fast_dev_run,
     stage_loader,
 )
-from lightning_edit.discedit.prune import IMPORTANCES, NEEDS_GRADIENTS, channel_scores, prune_channels
+from lightning_edit.discedit.prune import (
+    IMPORTANCES,
+    NEEDS_GRADIENTS,
+    SPARSITY_TYPES,
+    channel_scores,
+    max_sparsity,
+    prune_channels,
+)
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
@@ -65,8 +72,10 @@ class DiscEditPruning(Callback):
 
     Args:
         sparsity: final fraction to remove, in [0, 1): of each layer's channels (``sparsity_type="channels"``)
-            or of the model's parameters (``"parameters"``, reached by bisection on the channel fraction).
-        sparsity_type: ``"channels"`` or ``"parameters"``.
+            or of the model's parameters (``"parameters"``) or MACs (``"macs"``), those two reached by bisection on
+            the channel fraction.
+        sparsity_type: ``"channels"``, ``"parameters"`` or ``"macs"`` (a target that ``min_channels`` makes
+            unreachable is an error at the prune, before the model changes, naming the reachable maximum).
         prune_epoch: prune at the end of this (0-based) training epoch (before its validation), or ``"start"``:
             once, before the first training batch of this fit (edit a trained checkpoint, then fine-tune).
         end_epoch: if given, prune gradually at the end of every epoch from ``prune_epoch`` to ``end_epoch``
@@ -132,7 +141,7 @@ class DiscEditPruning(Callback):
     def __init__(
         self,
         sparsity: float = 0.5,
-        sparsity_type: Literal["channels", "parameters"] = "channels",
+        sparsity_type: Literal["channels", "parameters", "macs"] = "channels",
         prune_epoch: EpochSpec = 0,
         end_epoch: int | None = None,
         schedule: Literal["linear", "cubic"] = "linear",
@@ -155,7 +164,7 @@ class DiscEditPruning(Callback):
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
         choices = {
-            "sparsity_type": (sparsity_type, ("channels", "parameters")),
+            "sparsity_type": (sparsity_type, SPARSITY_TYPES),
             "schedule": (schedule, ("linear", "cubic")),
             "importance": (importance, IMPORTANCES),
             "feature_site": (feature_site, ("conv", "activation")),
@@ -253,6 +262,14 @@ class DiscEditPruning(Callback):
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditPruning"
         )
+        if self.sparsity_type == "macs":
+            example = torch.zeros(self.input_shape, device=pl_module.device, dtype=next(pl_module.parameters()).dtype)
+            most = max_sparsity(pl_module, example, layers, "macs", self.min_channels or 1)
+            if self.sparsity > most:
+                raise ValueError(
+                    f"DiscEditPruning(sparsity={self.sparsity}, sparsity_type='macs') cannot be reached: with "
+                    f"min_channels={self.min_channels} pruning these layers removes at most {most:.3f} of the MACs. "
+                    f"Ask for at most {most:.3f}, lower min_channels, or prune more layers.")
         if self.sparsity_type == "channels" and self.min_channels is None:
             zero = [n for n, w in self.layer_widths.items() if target_width(w, self.sparsity, None) < 1]
             if zero:
@@ -319,7 +336,7 @@ class DiscEditPruning(Callback):
             rank_zero_warn(f"DiscEditPruning: {w.message}")
         result = prune_channels(
             pl_module, example, scores, sparsity, layers, self.sparsity_type, self.scope, self.min_channels,
-            self.original_widths, self.dense_macs_params[1],
+            self.original_widths, self.dense_macs_params[1], dense_macs=self.dense_macs_params[0],
         )
         self._rewire_training(trainer, pl_module)
         acc_pruned = recalibrated = None
@@ -346,12 +363,13 @@ class DiscEditPruning(Callback):
         }
         self.events.append(event)
         metrics = {f"discedit/{k}": float(event[k]) for k in ("sparsity", "params", "macs")}
+        metrics["discedit/macs_ratio"] = macs / self.dense_macs_params[0]
         if event["acc_before"] is not None:
             metrics.update({"discedit/acc_before": event["acc_before"], "discedit/acc_after": event["acc_after"]})
         log_metrics(trainer, pl_module, metrics, in_loop)
         rank_zero_info(
             f"DISCEDIT-SP {'before' if not in_loop else 'end of'} epoch {event['epoch']}: removed {removed} channels (sparsity {event['sparsity']:.1%}), "
-            f"params {params:,}, MACs {macs:,}"
+            f"params {params:,}, MACs {macs:,} ({macs / self.dense_macs_params[0]:.3f} of dense)"
             + (f", val acc {acc_before:.4f} -> {event['acc_after']:.4f}" if acc_before is not None else "")
             + (f" (BatchNorm recalibrated; {acc_pruned:.4f} before)" if recalibrated and acc_pruned is not None else "")
         )

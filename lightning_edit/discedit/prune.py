@@ -20,8 +20,9 @@ from lightning_edit.discedit.structured import (
     apply_pruning,
     build_dependency_graph,
     channel_groups,
+    cost_after,
+    count_macs_params,
     group_scores,
-    parameter_count_after,
     prunable_layers,
     select_channels,
     target_width,
@@ -40,6 +41,8 @@ TORCH_PRUNING_IMPORTANCES: dict[str, Callable[[], Any]] = {
 normalised within its group by torch-pruning (``normalizer="mean"``; LAMP by its own rule)."""
 NEEDS_GRADIENTS = ("taylor",)
 IMPORTANCES = ("discedit", "l1", "random", *TORCH_PRUNING_IMPORTANCES)
+SPARSITY_TYPES = ("channels", "parameters", "macs")
+"""What ``sparsity`` counts: each layer's channels, the model's parameters, or its MACs."""
 
 
 def torch_pruning_scores(
@@ -184,18 +187,33 @@ class PruneResult:
     sparsity: float
 
 
+def max_sparsity(model: nn.Module, example_input: Tensor, layers: Mapping[str, nn.Module] | None = None,
+                 sparsity_type: Literal["parameters", "macs"] = "macs", min_channels: int = 1,
+                 dense: int | None = None) -> float:
+    """The largest fraction of the parameters or MACs (of ``dense``, default the current count) that channel pruning
+    of ``layers`` can remove when no group goes below ``min_channels`` (every group at that width). ``model`` is
+    untouched."""
+    layers = layers if layers is not None else prunable_layers(model)
+    dg = build_dependency_graph(model, example_input)
+    narrowest = {g.root: list(range(g.width - min_channels)) for g in channel_groups(model, dg, layers) if g.width > min_channels}
+    if dense is None:
+        dense = count_macs_params(model, example_input)[0] if sparsity_type == "macs" else sum(p.numel() for p in model.parameters())
+    return 1.0 - cost_after(model, example_input, narrowest, sparsity_type) / dense
+
+
 def prune_channels(
     model: nn.Module,
     example_input: Tensor,
     scores: Mapping[str, Tensor],
     sparsity: float,
     layers: Mapping[str, nn.Module] | None = None,
-    sparsity_type: Literal["channels", "parameters"] = "channels",
+    sparsity_type: Literal["channels", "parameters", "macs"] = "channels",
     scope: Literal["layer", "global"] = "layer",
     min_channels: int | None = None,
     original_widths: dict[str, int] | None = None,
     dense_params: int | None = None,
     recalibration_batches: Iterable[Any] | None = None,
+    dense_macs: int | None = None,
 ) -> PruneResult:
     """Remove the lowest-scored channels of ``model`` in place so that it reaches ``sparsity``.
 
@@ -203,13 +221,17 @@ def prune_channels(
         model: the network; it stays untouched if planning fails.
         example_input: one input batch ``(1, ...)`` on the model's device, for tracing.
         scores: layer name -> ``(C_out,)`` scores from :func:`channel_scores`.
-        sparsity: fraction of each group's *original* width (``"channels"``) or of ``dense_params``
-            (``"parameters"``; bisection on the channel fraction over pruned copies) to remove, in [0, 1).
+        sparsity: fraction of each group's *original* width (``"channels"``), of ``dense_params``
+            (``"parameters"``) or of ``dense_macs`` (``"macs"``: multiply-accumulates of one ``example_input``,
+            torch-pruning's counter) to remove, in [0, 1); the last two by bisection on the channel fraction over
+            pruned copies.
+        sparsity_type: ``"channels"``, ``"parameters"`` or ``"macs"``.
         layers: the scored layers (default :func:`prunable_layers`).
         scope, min_channels: see :func:`select_channels`.
         original_widths: group root -> width before any pruning; filled in on the first call and reused by
             later calls of a gradual schedule (pass the same dict).
         dense_params: parameter count before any pruning (default: the current count).
+        dense_macs: MACs before any pruning (default: the current count), for ``sparsity_type="macs"``.
         recalibration_batches: if given, ``(x, y)`` batches on the model's device on which the BatchNorm running
             statistics are re-estimated after the removal (:func:`~lightning_edit.discedit.recalibrate_batchnorm`).
 
@@ -217,8 +239,14 @@ def prune_channels(
         a :class:`PruneResult`; the model also records the history (:func:`enable_edit_reload`).
 
     Raises:
-        ValueError: if a group would be pruned to zero width (set ``min_channels``).
+        ValueError: before the model changes, for an unknown ``sparsity_type``, a sparsity outside [0, 1), a group
+            that would be pruned to zero width (set ``min_channels``), or a MACs target that ``min_channels`` makes
+            unreachable (the message gives the reachable maximum).
     """
+    if sparsity_type not in SPARSITY_TYPES:
+        raise ValueError(f"sparsity_type must be one of {SPARSITY_TYPES}, got {sparsity_type!r}.")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
     layers = layers if layers is not None else prunable_layers(model)
     original_widths = original_widths if original_widths is not None else {}
     dg = build_dependency_graph(model, example_input)
@@ -237,7 +265,16 @@ def prune_channels(
     if sparsity_type == "channels":
         plan = plan_for(sparsity)
     else:
-        dense = dense_params or sum(p.numel() for p in model.parameters())
+        if sparsity_type == "macs":
+            dense = dense_macs or count_macs_params(model, example_input)[0]
+            most = max_sparsity(model, example_input, layers, "macs", min_channels or 1, dense=dense)
+            if sparsity > most:
+                raise ValueError(
+                    f"A MACs sparsity of {sparsity:.3f} cannot be reached: with min_channels={min_channels} the most "
+                    f"that channel pruning of these layers removes is {most:.3f} of the MACs. Ask for at most "
+                    f"{most:.3f}, lower min_channels, or prune more layers.")
+        else:
+            dense = dense_params or sum(p.numel() for p in model.parameters())
         lo, hi = 0.0, 1.0 - 1e-6
         for _ in range(12):
             mid = 0.5 * (lo + hi)
@@ -246,7 +283,7 @@ def prune_channels(
             except ValueError:
                 hi = mid
                 continue
-            kept = parameter_count_after(model, example_input, trial) / dense
+            kept = cost_after(model, example_input, trial, sparsity_type) / dense
             lo, hi = (mid, hi) if kept > 1.0 - sparsity else (lo, mid)
         plan = plan_for(lo)
 

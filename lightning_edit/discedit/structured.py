@@ -274,6 +274,15 @@ def target_width(original: int, sparsity: float, min_channels: int | None) -> in
 
 def parameter_count_after(model: nn.Module, example_input: Tensor, plan: Mapping[str, Sequence[int]]) -> int:
     """Parameter count of a deep copy of ``model`` with ``plan`` applied (``model`` is untouched)."""
+    return cost_after(model, example_input, plan, "parameters")
+
+
+def cost_after(model: nn.Module, example_input: Tensor, plan: Mapping[str, Sequence[int]],
+               kind: Literal["parameters", "macs"]) -> int:
+    """Parameter count or MACs (torch-pruning's counter, one ``example_input``) of a deep copy of ``model`` with
+    ``plan`` applied; ``model`` is untouched."""
     clone = copy.deepcopy(model)
     apply_pruning(clone, build_dependency_graph(clone, example_input), plan)
+    if kind == "macs":
+        return count_macs_params(clone, example_input)[0]
     return sum(p.numel() for p in clone.parameters())

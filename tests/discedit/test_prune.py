@@ -213,3 +213,46 @@ def test_redundancy_through_the_callback_gives_exact_widths(tmp_path, precision)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2, precision=precision)
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
     assert module.model.features[0].out_channels == 8 and module.model.features[4].out_channels == 16
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    from lightning_edit.discedit import count_macs_params
+    return count_macs_params(model, x)[0]
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_macs_budget_is_reached_within_two_percent(scope):
+    from lightning_edit.models import SmallCNN
+    torch.manual_seed(0)
+    model, x = SmallCNN(1, 10, widths=(32, 64), hidden=64), torch.zeros(1, 1, 8, 8)
+    dense = _macs(model, x)
+    layers = prunable_layers(model)
+    scores = {n: torch.rand(m.weight.shape[0], dtype=torch.float64) for n, m in layers.items()}
+    prune_channels(model, x, scores, 0.4, layers, sparsity_type="macs", scope=scope, min_channels=1)
+    assert 1 - _macs(model, x) / dense == pytest.approx(0.4, abs=0.02)
+
+
+def test_unknown_sparsity_type_and_unreachable_macs_are_errors_before_the_model_changes():
+    model, x = net(), torch.zeros(1, 1, 8, 8)
+    before = copy.deepcopy(model.state_dict())
+    layers = prunable_layers(model)
+    scores = {n: torch.rand(m.weight.shape[0], dtype=torch.float64) for n, m in layers.items()}
+    with pytest.raises(ValueError, match="sparsity_type must be one of"):
+        prune_channels(model, x, scores, 0.3, layers, sparsity_type="flops")
+    with pytest.raises(ValueError, match="the most that channel pruning of these layers removes is"):
+        prune_channels(model, x, scores, 0.95, layers, sparsity_type="macs", min_channels=4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_callback_refuses_an_unreachable_macs_budget_at_setup(tmp_path):
+    import lightning as L
+    from lightning_edit import ClassifierModule
+    from lightning_edit.callbacks import DiscEditPruning
+    from lightning_edit.data import DigitsDataModule
+    from lightning_edit.models import SmallCNN
+
+    cb = DiscEditPruning(sparsity=0.995, sparsity_type="macs", min_channels=4)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[cb], default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"removes at most 0\.\d+ of the MACs"):
+        trainer.fit(ClassifierModule(SmallCNN(1, 10)), datamodule=DigitsDataModule())
