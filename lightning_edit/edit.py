@@ -62,6 +62,7 @@ EDITORS: dict[str, type] = {
     "low_rank": LowRankEditor,
     "metanetwork": MetanetworkEdit,
 }
+"""Editor classes by the name :func:`make_editor` takes."""
 
 
 def make_editor(name: str, **args: Any) -> Editor:

@@ -15,9 +15,11 @@ from lightning_edit.discedit.moments import (
 )
 from lightning_edit.discedit.prune import (
     IMPORTANCES,
+    SPARSITY_TYPES,
     TORCH_PRUNING_IMPORTANCES,
     PruneResult,
     channel_scores,
+    max_sparsity,
     prune_channels,
     torch_pruning_scores,
 )
@@ -70,7 +72,7 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten",
-    "IMPORTANCES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "prune_channels", "torch_pruning_scores",
+    "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",
     "redundancy_adjusted_scores",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",

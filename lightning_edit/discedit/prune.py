@@ -41,6 +41,7 @@ TORCH_PRUNING_IMPORTANCES: dict[str, Callable[[], Any]] = {
 normalised within its group by torch-pruning (``normalizer="mean"``; LAMP by its own rule)."""
 NEEDS_GRADIENTS = ("taylor",)
 IMPORTANCES = ("discedit", "l1", "random", *TORCH_PRUNING_IMPORTANCES)
+"""Every ``importance`` name: ``"discedit"`` (the paper), ``"l1"``, ``"random"`` and torch-pruning's criteria."""
 SPARSITY_TYPES = ("channels", "parameters", "macs")
 """What ``sparsity`` counts: each layer's channels, the model's parameters, or its MACs."""
 

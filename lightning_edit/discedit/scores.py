@@ -28,6 +28,7 @@ WITNESS_FUNCTIONS: dict[str, Witness] = {
     "mpm": Witness("quadratic", mpm_bound),
     "exp_norm": Witness("exp_norm", generic_witness_bound, uses_covariance=False),
 }
+"""Witness functions by name: the feature map each reads and the TV lower bound it computes (METHODS.md, Sec. 3)."""
 
 
 def check_discedit_options(importance: str, **options: tuple[object, object]) -> None:

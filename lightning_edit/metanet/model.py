@@ -94,7 +94,7 @@ class GraphMetanetwork(nn.Module):
             head gives every edge the same logit, the first exact masks are arbitrary, and the gradient reaching
             the head through ``sigmoid'(gate_bias)`` is small. On the digits CNN population at 60% sparsity
             it lifted the kernel editor from 17.5 to 53.6%, and with per-weight gates to 81.4% against 65.2% for
-            magnitude pruning (``benchmarks/metanet_gate_diagnosis.py``, README).
+            magnitude pruning (``benchmarks/diagnostics/metanet_gate_diagnosis.py``, README).
         prior_scale: the initial ``α`` (learned). Any ``α > 0`` gives the untrained editor the same ranking; a
             smaller one lets the learned head move the ranking further from the prior's with the same output.
         gate_granularity: ``"edge"`` (one gate per edge: a weight of an MLP, a whole k×k kernel of a CNN) or

@@ -473,6 +473,7 @@ class BiasMitigation(Requirement):
 
 
 REQUIREMENTS: dict[str, type[Requirement]] = {r.name: r for r in (WeightPruning, DataMinimisation, BiasMitigation)}
+"""Requirement classes by the name used in YAML (``requirement: weight_pruning``)."""
 
 
 def make_requirement(name: str | Requirement, args: dict[str, Any] | None = None) -> Requirement:

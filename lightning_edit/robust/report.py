@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from lightning_edit.robust.attacks import CORRUPTIONS, gaussian_noise, pgd_attack
 
 DEFAULT_CORRUPTIONS = {"gaussian_noise": 0.2, "blur": 1.0, "contrast": 0.3}
+"""Corruption name -> severity of the report's default probes (noise std, blur sigma in pixels, contrast factor)."""
 
 
 def robustness_report(

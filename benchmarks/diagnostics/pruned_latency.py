@@ -2,15 +2,19 @@
 (batch 128), beside the MAC ratio. Target: latency ratio within 80% of the MAC ratio, i.e.
 (1 - latency_ratio) >= 0.8 * (1 - mac_ratio).
 
-    python benchmarks/pruned_latency.py [--sparsity 0.5] [--width 0.25] [--device cpu|cuda]
+    python benchmarks/diagnostics/pruned_latency.py [--sparsity 0.5] [--width 0.25] [--device cpu|cuda]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import argparse
 import copy
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import best_time, vgg
 
 from lightning_edit.discedit import channel_scores, count_macs_params, prunable_layers, prune_channels

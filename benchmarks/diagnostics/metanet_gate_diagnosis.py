@@ -4,13 +4,15 @@ seed 0), then scored on the test networks and 40 held-out-architecture networks,
 with the mask alone (Δθ = 0: the per-layer scales of the changes set to zero). ``@0`` scores a variant untrained.
 Appends one JSON line per variant to ``--out``.
 
-    python benchmarks/metanet_gate_diagnosis.py --dataset digits-cnn --sparsity 0.6 --epochs 60 \\
+    python benchmarks/diagnostics/metanet_gate_diagnosis.py --dataset digits-cnn --sparsity 0.6 --epochs 60 \\
         --variants kernel_prior@0 kernel_prior kernel_bias0 kernel weight weight_prior@0 weight_prior
-    python benchmarks/metanet_gate_diagnosis.py --dataset adult --sparsity 0.8 --epochs 15 --variants weight_prior_h16 \
+    python benchmarks/diagnostics/metanet_gate_diagnosis.py --dataset adult --sparsity 0.8 --epochs 15 --variants weight_prior_h16 \
         weight_prior_h16_l2 weight_prior_h8 weight_prior_h8_l2
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import json
@@ -24,6 +26,7 @@ from lightning_edit.data import AdultDataModule, DigitsDataModule
 from lightning_edit.metanet import MetanetworkEditor, ModelZooDataModule, measure
 from lightning_edit.metanet.population import split_tensors
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS
 from metanet_requirements import train_editor
 

@@ -16,10 +16,12 @@ Every group loses the same fraction of its channels (uniform channel sparsity, s
 parameter count); no fine-tuning. Test accuracy on all 10,000 Fashion-MNIST test images, mean ± std over seeds
 (train seed and calibration sample). Writes ``table.md`` and ``results.json`` to ``--out``.
 
-    python benchmarks/pruning_sequential.py [--arch resnet20|vgg11] [--fractions 0.3 0.5 0.7] [--seeds 3]
+    python benchmarks/diagnostics/pruning_sequential.py [--arch resnet20|vgg11] [--fractions 0.3 0.5 0.7] [--seeds 3]
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import copy
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS, add_pruning_arguments, ordered_groups, pruning_setup
 from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_base
 

@@ -14,10 +14,12 @@ Then the whole network is pruned at the same parameter sparsity (layer scope) by
 ``fisher_energy`` at the conv output and after BN + ReLU, BN-recalibrated, no fine-tuning. Writes
 ``results.json`` and ``table.md`` to ``--out``.
 
-    python benchmarks/discedit_dc_diagnosis.py [--width 0.25] [--seeds 3] [--sparsities 0.3 0.5 0.7]
+    python benchmarks/diagnostics/discedit_dc_diagnosis.py [--width 0.25] [--seeds 3] [--sparsities 0.3 0.5 0.7]
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import copy
@@ -26,6 +28,7 @@ import statistics
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS, add_pruning_arguments, pruning_setup
 from accuracy_fashion_mnist import sample_batches, test_acc, train_base
 

@@ -2,16 +2,19 @@
 divided by one plain inference pass over the same K batches, for every witness and both feature sites
 (conv output, or after BatchNorm + ReLU). Target: at most 1.5. Writes ``results.json`` to ``--out``.
 
-    python benchmarks/scoring_overhead.py [--batches 16] [--device cpu|cuda]
+    python benchmarks/diagnostics/scoring_overhead.py [--batches 16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import json
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS, datamodule, paired_best_time, vgg
 
 from lightning_edit.discedit import WITNESS_FUNCTIONS, channel_scores, prunable_layers

@@ -14,10 +14,12 @@ left out (it needs a loss at scoring time, and the whole-network table has it).
 Writes ``results.json``, ``table.md`` and ``sensitivity.png`` (test accuracy against layer, one line per
 criterion, one panel per fraction) to ``--out``.
 
-    python benchmarks/pruning_layer_sensitivity.py [--arch vgg11|resnet20] [--width 0.25] [--seeds 3] [--fractions 0.5 0.75]
+    python benchmarks/diagnostics/pruning_layer_sensitivity.py [--arch vgg11|resnet20] [--width 0.25] [--seeds 3] [--fractions 0.5 0.75]
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import copy
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS, add_pruning_arguments, ordered_groups, pruning_setup
 from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, test_acc, train_base
 

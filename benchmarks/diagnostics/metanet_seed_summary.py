@@ -7,7 +7,7 @@ per-run mean accuracy (%) and requirement level, ± their std over seeds, and wr
 are fit to the metanetwork's own validation level); fine-tuning and retraining do not depend on it, so their
 std over seeds is 0.
 
-    python benchmarks/metanet_seed_summary.py benchmarks/results/metanet_fairness_adult_lagrangian_b8192 \
+    python benchmarks/diagnostics/metanet_seed_summary.py benchmarks/results/metanet_fairness_adult_lagrangian_b8192 \
         benchmarks/results/metanet_fairness_adult_lagrangian_b8192_seed1 \
         benchmarks/results/metanet_fairness_adult_lagrangian_b8192_seed2 \
         --out benchmarks/results/metanet_fairness_adult_lagrangian_b8192_seeds

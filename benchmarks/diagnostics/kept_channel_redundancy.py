@@ -8,10 +8,12 @@ keeps them; random: 20 random halves averaged) are compared by the mean absolute
 test images, between the spatial means of their maps after BatchNorm + ReLU (the map the next layer reads).
 Higher means more redundant. Writes ``results.json`` and ``table.md`` to ``--out``.
 
-    python benchmarks/kept_channel_redundancy.py [--width 0.25] [--seeds 3]
+    python benchmarks/diagnostics/kept_channel_redundancy.py [--width 0.25] [--seeds 3]
 """
 
 from __future__ import annotations
+
+import sys
 
 import argparse
 import json
@@ -19,6 +21,7 @@ import statistics
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the headline scripts
 from _common import RESULTS, add_pruning_arguments, pruning_setup
 from accuracy_fashion_mnist import ARMS, arm_scores, sample_batches, train_base
 from pruning_layer_sensitivity import LABELS
