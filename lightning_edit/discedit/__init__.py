@@ -23,6 +23,15 @@ from lightning_edit.discedit.prune import (
     prune_channels,
     torch_pruning_scores,
 )
+from lightning_edit.discedit.select import (
+    CANDIDATES,
+    DEFAULT_CANDIDATES,
+    SelectionReport,
+    check_candidates,
+    prune_with,
+    select_and_prune,
+    selection_accuracy,
+)
 from lightning_edit.discedit.recalibrate import batchnorm_layers, recalibrate_batchnorm
 from lightning_edit.discedit.redundancy import channel_correlations, record_correlations, redundancy_adjusted_scores
 from lightning_edit.discedit.scores import (
@@ -72,7 +81,8 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten",
-    "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
+    "CANDIDATES", "DEFAULT_CANDIDATES", "SelectionReport", "check_candidates", "prune_with", "select_and_prune",
+    "selection_accuracy", "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",
     "redundancy_adjusted_scores",
     "ClassConditionalMoments", "check_targets", "collect_moments", "component_features", "record_moments",
