@@ -8,7 +8,9 @@ information and is removed; torch-pruning removes it physically from every coupl
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 import warnings
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ from lightning_edit.discedit.prune import (
     prune_channels,
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
+from lightning_edit.discedit.select import CANDIDATES, check_candidates, prune_with, selection_accuracy
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
 
@@ -85,7 +88,8 @@ class DiscEditPruning(Callback):
             ``[s, s²]``, the default; ``"fisher_linear"``, ``"fisher_energy"`` (``[s, mean of the squared map]``,
             which sees zero-sum filters; see :func:`~lightning_edit.discedit.component_features`),
             ``"robust_fisher"``, ``"mpm"``, ``"exp_norm"``).
-        importance: ``"discedit"``, or a baseline on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``, or
+        importance: ``"discedit"``, ``"auto"`` (choose among ``candidates`` on held-out data, below), or a baseline
+            on the same machinery: ``"l1"`` (filter L1 norm), ``"random"``, or
             one of torch-pruning's criteria (``"tp_l1"``, ``"tp_l2"``, ``"taylor"`` (gradients of the cross-entropy
             on the calibration batches), ``"bn_scale"``, ``"lamp"``; :data:`~lightning_edit.discedit.prune.TORCH_PRUNING_IMPORTANCES`).
         feature_site: where DISCEDIT reads a channel's map: ``"conv"`` (the layer output, before BatchNorm and
@@ -116,6 +120,18 @@ class DiscEditPruning(Callback):
             departure from the paper; its correlations share the moments' pass; layer scope only. Measured
             (README): on VGG-11 after BN + ReLU it gains 1-13 points; on ResNet-20, whose residual groups sum the
             greedy orders of several layers, it does not help.
+        candidates: with ``importance="auto"``: names of :data:`lightning_edit.discedit.CANDIDATES` (default: DISCEDIT
+            at both feature sites, torch-pruning's L2, BN scale, LAMP with a global ranking, Taylor). At the first
+            prune step each candidate prunes a copy of the model to the step's sparsity, the copy's BatchNorm
+            statistics are re-estimated on the calibration batches, and it is measured on the selection split; the
+            most accurate is applied (ties: the earlier one), a rich table and ``discedit/auto/<name>`` show every
+            candidate. The choice is made **once**, at the first step, and kept by later steps of a gradual schedule
+            and across a resume (it is in the callback's state). Accuracies are summed across DDP ranks, so every rank
+            chooses the same. Its cost is one scoring, pruning and recalibration per candidate (seconds per candidate
+            in ``self.selection``).
+        selection_source: the loader of the selection split, ``"val"`` (default: the validation loader, never the
+            test set) or ``"train"``; it must differ from ``calibration_source``.
+        selection_batches: batches of the selection loader to measure on (None: all of it).
 
     Raises:
         ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
@@ -160,16 +176,20 @@ class DiscEditPruning(Callback):
         plot: bool = True,
         seed: int = 0,
         redundancy: float = 0.0,
+        candidates: list[str] | None = None,
+        selection_source: Literal["train", "val"] = "val",
+        selection_batches: int | None = None,
     ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
         choices = {
             "sparsity_type": (sparsity_type, SPARSITY_TYPES),
             "schedule": (schedule, ("linear", "cubic")),
-            "importance": (importance, IMPORTANCES),
+            "importance": (importance, (*IMPORTANCES, "auto")),
             "feature_site": (feature_site, ("conv", "activation")),
             "scope": (scope, ("layer", "global")),
             "calibration_source": (calibration_source, ("train", "val")),
+            "selection_source": (selection_source, ("train", "val")),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -195,6 +215,24 @@ class DiscEditPruning(Callback):
                              "scope='layer', or redundancy=0.")
         self.redundancy = redundancy
         check_random_seed(importance, seed)
+        if importance == "auto":
+            self.candidates = check_candidates(candidates)
+            if scope != "layer":
+                raise ValueError("importance='auto' takes each candidate's own scope (CANDIDATES); drop scope.")
+            if selection_source == calibration_source:
+                raise ValueError(f"importance='auto' measures the candidates on a selection split that must differ from "
+                                 f"the calibration data, but both are the {calibration_source!r} loader; set "
+                                 "selection_source to the other one.")
+            if selection_batches is not None and selection_batches < 1:
+                raise ValueError(f"selection_batches must be >= 1 or None, got {selection_batches}.")
+        elif candidates is not None or selection_batches is not None or selection_source != "val":
+            raise ValueError("candidates, selection_source and selection_batches are read only by importance='auto'; "
+                             "drop them or set importance='auto'.")
+        else:
+            self.candidates = []
+        self.selection_source, self.selection_batches = selection_source, selection_batches
+        self.chosen: str | None = None  # the candidate importance='auto' chose (once, at the first prune)
+        self.selection: dict[str, dict[str, float]] = {}
         if schedule != "linear" and (prune_epoch == "start" or end_epoch is None or end_epoch == prune_epoch):
             raise ValueError(f"schedule={schedule!r} shapes a ramp over several prune epochs; this callback prunes once. "
                              "Give end_epoch > prune_epoch, or drop schedule.")
@@ -257,6 +295,9 @@ class DiscEditPruning(Callback):
             else:
                 self._due = self._scheduled_steps()
                 check_epoch_in_run(trainer, self.prune_epochs[-1], f"DiscEditPruning({epochs})")
+        if self.importance == "auto" and stage_loader(trainer, self.selection_source) is None:
+            raise ValueError(f"DiscEditPruning(importance='auto') measures the candidates on the {self.selection_source} "
+                             "loader, but none is defined: give the datamodule that loader, or set selection_source.")
         layers = prunable_layers(pl_module, self.layer_patterns)
         self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
         self.num_classes, self.input_shape = probe_classifier(
@@ -319,30 +360,38 @@ class DiscEditPruning(Callback):
         acc_before = self._accuracy(pl_module, val_loader)
 
         layers = prunable_layers(pl_module, self.layer_patterns)
-        batches = None
-        if self.importance == "discedit" or self.importance in NEEDS_GRADIENTS:
+        calibration = None  # 'auto' scores, prunes and recalibrates the chosen criterion on the batches it selected on
+        if self.importance == "auto":
+            calibration = list(device_batches(stage_loader(trainer, self.calibration_source), self.get_inputs_targets,
+                                              device, self.calibration_batches))
+            if self.chosen is None:
+                self.chosen = self._select(trainer, pl_module, example, sparsity, list(layers), calibration, in_loop)
+        importance, site, scope = self._criterion()
+        batches = calibration
+        if batches is None and (importance == "discedit" or importance in NEEDS_GRADIENTS):
             loader = stage_loader(trainer, self.calibration_source)
             batches = device_batches(loader, self.get_inputs_targets, device, self.calibration_batches)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = channel_scores(
-                pl_module, layers, self.importance, batches, self.num_classes, self.witness_name,
+                pl_module, layers, importance, batches, self.num_classes, self.witness_name,
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
                 generator=torch.Generator().manual_seed(self.seed + len(self.events)),
-                site=self.feature_site, example_input=example, normalize=self.scope == "global",
+                site=site, example_input=example, normalize=scope == "global" and importance == "discedit"
+                if self.importance == "auto" else scope == "global",
                 redundancy=self.redundancy,
             )
         for w in caught:
             rank_zero_warn(f"DiscEditPruning: {w.message}")
         result = prune_channels(
-            pl_module, example, scores, sparsity, layers, self.sparsity_type, self.scope, self.min_channels,
+            pl_module, example, scores, sparsity, layers, self.sparsity_type, scope, self.min_channels,
             self.original_widths, self.dense_macs_params[1], dense_macs=self.dense_macs_params[0],
         )
         self._rewire_training(trainer, pl_module)
         acc_pruned = recalibrated = None
         if self.recalibrate_bn and result.removed:
             acc_pruned = self._accuracy(pl_module, val_loader)
-            recalibrated = self._recalibrate(trainer, pl_module)
+            recalibrated = self._recalibrate(trainer, pl_module, calibration)
         if result.removed:
             forget_checkpoint_scores_before_edit(trainer, "DiscEditPruning")
 
@@ -375,10 +424,63 @@ class DiscEditPruning(Callback):
         )
         return event
 
-    def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-        """Re-estimate BatchNorm statistics on the calibration loader; returns the number of BatchNorm layers."""
-        loader = stage_loader(trainer, self.calibration_source)
-        batches = device_batches(loader, self.get_inputs_targets, pl_module.device, self.recalibration_batches)
+    def _criterion(self) -> tuple[str, str, str]:
+        """``(importance, feature site, scope)`` of this prune: the arguments, or the candidate 'auto' chose."""
+        if self.importance != "auto":
+            return self.importance, self.feature_site, self.scope
+        spec = CANDIDATES[self.chosen]
+        return spec["importance"], spec.get("site", "conv"), spec["scope"]
+
+    def _select(self, trainer: L.Trainer, pl_module: L.LightningModule, example: Tensor, sparsity: float,
+                layer_names: list[str], calibration: list, in_loop: bool) -> str:
+        """Prune a copy with every candidate, recalibrate, measure on the selection loader; the best one's name.
+
+        Accuracies are summed across DDP ranks, so every rank makes the same choice."""
+        device = pl_module.device
+        reduce_sum = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        selection = list(device_batches(stage_loader(trainer, self.selection_source), self.get_inputs_targets,
+                                        device, self.selection_batches))
+        attached, pl_module._trainer = pl_module._trainer, None  # copy the module, not the Trainer it points to
+        try:
+            for name in self.candidates:
+                start = time.perf_counter()
+                candidate = copy.deepcopy(pl_module)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    prune_with(candidate, name, example, calibration, sparsity, layer_names, self.num_classes,
+                               self.sparsity_type, self.min_channels, reduce_sum=reduce_sum,
+                               original_widths=dict(self.original_widths), dense_params=self.dense_macs_params[1],
+                               dense_macs=self.dense_macs_params[0], recalibrate=self.recalibrate_bn)
+                acc = selection_accuracy(candidate, selection, reduce_sum)
+                self.selection[name] = {"selection_acc": acc, "seconds": time.perf_counter() - start}
+                del candidate
+        finally:
+            pl_module._trainer = attached
+        chosen = max(self.candidates, key=lambda n: self.selection[n]["selection_acc"])  # ties: the earlier one
+        log_metrics(trainer, pl_module, {f"discedit/auto/{n}": v["selection_acc"] for n, v in self.selection.items()},
+                    in_loop)
+        self._print_selection(chosen)
+        return chosen
+
+    @rank_zero_only
+    def _print_selection(self, chosen: str) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"DISCEDIT-SP importance='auto': {chosen} chosen on the {self.selection_source} loader")
+        for col in ("candidate", "selection acc", "seconds"):
+            table.add_column(col, justify="left" if col == "candidate" else "right")
+        for name, row in self.selection.items():
+            mark = " *" if name == chosen else ""
+            table.add_row(name + mark, f"{row['selection_acc']:.4f}", f"{row['seconds']:.2f}")
+        Console().print(table)
+
+    def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list | None = None) -> int:
+        """Re-estimate BatchNorm statistics on ``batches`` (default the calibration loader); returns the number of
+        BatchNorm layers."""
+        if batches is None:
+            loader = stage_loader(trainer, self.calibration_source)
+            batches = device_batches(loader, self.get_inputs_targets, pl_module.device, self.recalibration_batches)
         count = recalibrate_batchnorm(pl_module, batches, reduce_mean=lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
         if count == 0 and not self._said_no_bn:
             rank_zero_info("DiscEditPruning: the model has no BatchNorm layer; recalibrate_bn has nothing to do.")
@@ -413,6 +515,7 @@ class DiscEditPruning(Callback):
         return {
             "events": self.events, "curve": self.curve, "original_widths": self.original_widths,
             "layer_widths": self.layer_widths, "dense_macs_params": self.dense_macs_params,
+            "chosen": self.chosen, "selection": self.selection,
         }
 
     @override
@@ -421,6 +524,8 @@ class DiscEditPruning(Callback):
         self.curve = list(state_dict.get("curve", []))
         self.original_widths = dict(state_dict.get("original_widths", {}))
         self.layer_widths = dict(state_dict.get("layer_widths", {})) or self.layer_widths
+        self.chosen = state_dict.get("chosen", self.chosen)
+        self.selection = dict(state_dict.get("selection", {}))
         dmp = state_dict.get("dense_macs_params")
         self.dense_macs_params = tuple(dmp) if dmp is not None else None
 

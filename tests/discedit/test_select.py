@@ -54,3 +54,40 @@ def test_bad_candidates_and_missing_data_are_errors(split):
         select_and_prune(model, x, calibration, selection, 0.5, candidates=["tp_l2", "tp_l2"])
     with pytest.raises(ValueError, match="selection_batches is empty"):
         select_and_prune(model, x, calibration, [], 0.5, candidates=["tp_l2", "bn_scale"])
+
+
+def test_callback_auto_applies_the_candidate_with_the_best_selection_accuracy(tmp_path):
+    import lightning as L
+
+    from lightning_edit import ClassifierModule
+    from lightning_edit.callbacks import DiscEditPruning
+    from lightning_edit.data import DigitsDataModule
+    from lightning_edit.models import SmallCNN
+
+    L.seed_everything(0)
+    cb = DiscEditPruning(sparsity=0.5, sparsity_type="parameters", prune_epoch=2, importance="auto", min_channels=2,
+                         candidates=["discedit", "tp_l2", "bn_scale"], calibration_batches=4)
+    trainer = L.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(ClassifierModule(SmallCNN(1, 10), num_classes=10), DigitsDataModule())
+    accs = {n: row["selection_acc"] for n, row in cb.selection.items()}
+    assert set(accs) == {"discedit", "tp_l2", "bn_scale"} and cb.chosen == max(accs, key=accs.get)
+    # the selection split is the val loader: the applied prune scores exactly what the chosen copy scored
+    assert cb.events[0]["acc_after"] == pytest.approx(accs[cb.chosen], abs=1e-6)
+    assert all(f"discedit/auto/{n}" in trainer.callback_metrics for n in accs)
+    assert cb.state_dict()["chosen"] == cb.chosen
+
+
+def test_callback_auto_bad_input_is_an_error_at_construction():
+    from lightning_edit.callbacks import DiscEditPruning
+
+    with pytest.raises(ValueError, match="at least two"):
+        DiscEditPruning(importance="auto", candidates=["tp_l2"])
+    with pytest.raises(ValueError, match="Unknown candidate"):
+        DiscEditPruning(importance="auto", candidates=["tp_l2", "magic"])
+    with pytest.raises(ValueError, match="must differ from the calibration data"):
+        DiscEditPruning(importance="auto", calibration_source="val")
+    with pytest.raises(ValueError, match="read only by importance='auto'"):
+        DiscEditPruning(candidates=["tp_l2", "bn_scale"])
+    with pytest.raises(ValueError, match="drop scope"):
+        DiscEditPruning(importance="auto", scope="global")
