@@ -377,8 +377,7 @@ class DiscEditPruning(Callback):
                 pl_module, layers, importance, batches, self.num_classes, self.witness_name,
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
                 generator=torch.Generator().manual_seed(self.seed + len(self.events)),
-                site=site, example_input=example, normalize=scope == "global" and importance == "discedit"
-                if self.importance == "auto" else scope == "global",
+                site=site, example_input=example, normalize=scope == "global",
                 redundancy=self.redundancy,
             )
         for w in caught:

@@ -109,7 +109,7 @@ def prune_with(model: nn.Module, candidate: str, example_input: Tensor, calibrat
     importance, scope = spec["importance"], spec["scope"]
     extra = {"site": spec["site"]} if importance == "discedit" else {}
     scores = channel_scores(model, layers, importance, calibration_batches, num_classes, reduce_sum=reduce_sum,
-                            example_input=example_input, normalize=scope == "global" and importance == "discedit",
+                            example_input=example_input, normalize=scope == "global",
                             **extra)
     return prune_channels(model, example_input, scores, sparsity, layers, sparsity_type, scope, min_channels,
                           recalibration_batches=calibration_batches if recalibrate else None, **prune_options)
