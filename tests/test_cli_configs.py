@@ -118,6 +118,14 @@ def test_fashion_mnist_config_end_to_end(tmp_path):
     assert cli.model.model.features[0].out_channels == 8  # 16 * 0.5
 
 
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_vit_config_end_to_end(tmp_path):
+    cli = build_cli(["fit", "--config", str(shrink("discedit_prune_fashion_mnist_vit.yaml", tmp_path, train_subset=1024))])
+    assert cli.trainer.callbacks[0].events
+    assert [b.attn.num_heads for b in cli.model.model.blocks] == [2, 2, 2]
+    assert [b.fc1.out_features for b in cli.model.model.blocks] == [128, 128, 128]
+
+
 def test_cifar_config_parses(tmp_path):
     cli = build_cli(["--config", str(CONFIGS / "discedit_prune_cifar10_vgg16.yaml"),
                      "--trainer.accelerator=cpu", "--trainer.precision=32"], run=False)

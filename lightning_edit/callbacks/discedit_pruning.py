@@ -51,7 +51,18 @@ from lightning_edit.discedit.prune import (
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.select import CANDIDATES, check_candidates, prune_with, selection_accuracy
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
-from lightning_edit.discedit.structured import count_macs_params, enable_edit_reload, prunable_layers, target_width
+from lightning_edit.discedit.structured import (
+    attention_items,
+    attention_shapes,
+    build_dependency_graph,
+    channel_groups,
+    component_count,
+    count_macs_params,
+    enable_edit_reload,
+    is_head_attention,
+    prunable_layers,
+    target_width,
+)
 
 
 class DiscEditPruning(Callback):
@@ -256,6 +267,7 @@ class DiscEditPruning(Callback):
         self.curve: list[dict[str, float]] = []
         self.original_widths: dict[str, int] = {}
         self.layer_widths: dict[str, int] = {}
+        self.attention_shapes: dict[str, tuple[int, int]] = {}
         self.dense_macs_params: tuple[int, int] | None = None
         self.num_classes: int | None = None
         self.input_shape: list[int] | None = None
@@ -299,12 +311,15 @@ class DiscEditPruning(Callback):
             raise ValueError(f"DiscEditPruning(importance='auto') measures the candidates on the {self.selection_source} "
                              "loader, but none is defined: give the datamodule that loader, or set selection_source.")
         layers = prunable_layers(pl_module, self.layer_patterns)
-        self.layer_widths = self.layer_widths or {n: m.weight.shape[0] for n, m in layers.items()}
+        self.layer_widths = self.layer_widths or {n: component_count(m) for n, m in layers.items()}
+        self.attention_shapes = self.attention_shapes or attention_shapes(pl_module)
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditPruning"
         )
+        example = torch.zeros(self.input_shape, device=pl_module.device, dtype=next(pl_module.parameters()).dtype)
+        if attention_items(pl_module):  # a named layer in a transformer's residual stream fails here, not mid-fit
+            channel_groups(pl_module, build_dependency_graph(pl_module, example), layers)
         if self.sparsity_type == "macs":
-            example = torch.zeros(self.input_shape, device=pl_module.device, dtype=next(pl_module.parameters()).dtype)
             most = max_sparsity(pl_module, example, layers, "macs", self.min_channels or 1)
             if self.sparsity > most:
                 raise ValueError(
@@ -515,6 +530,7 @@ class DiscEditPruning(Callback):
             "events": self.events, "curve": self.curve, "original_widths": self.original_widths,
             "layer_widths": self.layer_widths, "dense_macs_params": self.dense_macs_params,
             "chosen": self.chosen, "selection": self.selection,
+            "attention_shapes": {n: list(v) for n, v in self.attention_shapes.items()},
         }
 
     @override
@@ -525,6 +541,7 @@ class DiscEditPruning(Callback):
         self.layer_widths = dict(state_dict.get("layer_widths", {})) or self.layer_widths
         self.chosen = state_dict.get("chosen", self.chosen)
         self.selection = dict(state_dict.get("selection", {}))
+        self.attention_shapes = {n: tuple(v) for n, v in state_dict.get("attention_shapes", {}).items()}
         dmp = state_dict.get("dense_macs_params")
         self.dense_macs_params = tuple(dmp) if dmp is not None else None
 
@@ -546,8 +563,9 @@ class DiscEditPruning(Callback):
         for col in ("layer", "before", "after", "kept"):
             table.add_column(col, justify="left" if col == "layer" else "right")
         for name, before in self.layer_widths.items():
-            after = modules[name].weight.shape[0] if name in modules else 0
-            table.add_row(name, str(before), str(after), f"{after / before:.0%}")
+            after = component_count(modules[name]) if name in modules else 0
+            label = f"{name} (heads)" if name in modules and is_head_attention(modules[name]) else name
+            table.add_row(label, str(before), str(after), f"{after / before:.0%}")
         summary = Table(title="DISCEDIT-SP: model before / after")
         for col in ("", "before", "after", "ratio"):
             summary.add_column(col, justify="right")
@@ -563,6 +581,15 @@ class DiscEditPruning(Callback):
             summary.add_row("val acc (end of fit)", "", f"{float(final_acc):.4f}", "")
         console = Console()
         console.print(table)
+        if self.attention_shapes:
+            heads = Table(title="DISCEDIT-SP: attention heads × head width")
+            for col in ("attention", "before", "after"):
+                heads.add_column(col, justify="left" if col == "attention" else "right")
+            now = attention_shapes(pl_module)
+            for name, (h, d) in self.attention_shapes.items():
+                h_after, d_after = now.get(name, (0, 0))
+                heads.add_row(name, f"{h} × {d}", f"{h_after} × {d_after}")
+            console.print(heads)
         console.print(summary)
         if self.plot:
             self._plot(trainer)

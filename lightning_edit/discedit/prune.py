@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.redundancy import record_correlations, redundancy_adjusted_scores
-from lightning_edit.discedit.scores import check_discedit_options, pruning_scores, score_components
+from lightning_edit.discedit.heads import discedit_head_scores, l1_head_scores, random_head_scores
+from lightning_edit.discedit.scores import check_discedit_options, get_witness, pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
     apply_pruning,
@@ -23,6 +24,7 @@ from lightning_edit.discedit.structured import (
     cost_after,
     count_macs_params,
     group_scores,
+    is_head_attention,
     prunable_layers,
     select_channels,
     target_width,
@@ -57,8 +59,11 @@ def torch_pruning_scores(
     back-propagated over ``batches`` first, and the gradients are cleared afterwards. A layer whose group has no
     BatchNorm gets group L2 magnitude under ``"bn_scale"`` (with a warning).
 
+    A ViT-style attention module in ``layers`` gets one score per head: the mean over the head's coordinates of
+    ``proj``'s input group (torch-pruning's head rule).
+
     Returns:
-        layer name -> ``(C_out,)`` float64 (low = remove first).
+        layer name -> ``(C_out,)`` (or ``(num_heads,)``) float64 (low = remove first).
 
     Raises:
         ValueError: for an unknown criterion, or ``"taylor"`` without ``batches`` (names the alternatives).
@@ -80,13 +85,18 @@ def torch_pruning_scores(
         criterion, fallback = TORCH_PRUNING_IMPORTANCES[importance](), TORCH_PRUNING_IMPORTANCES["tp_l2"]()
         scores = {}
         for name, layer in layers.items():
-            prune_fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-            group = dg.get_pruning_group(layer, prune_fn, idxs=list(range(layer.weight.shape[0])))
+            if is_head_attention(layer):  # proj's input coordinates, coupled with qkv's q, k and v rows
+                group = dg.get_pruning_group(layer.proj, tp.prune_linear_in_channels,
+                                             idxs=list(range(layer.proj.in_features)))
+            else:
+                prune_fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+                group = dg.get_pruning_group(layer, prune_fn, idxs=list(range(layer.weight.shape[0])))
             value = criterion(group)
             if value is None:
                 warnings.warn(f"{importance}: layer {name!r} has no BatchNorm in its group; scored by group L2 magnitude.")
                 value = fallback(group)
-            scores[name] = value.detach().to(torch.float64)
+            value = value.detach().to(torch.float64)
+            scores[name] = value.view(layer.num_heads, -1).mean(1) if is_head_attention(layer) else value
     finally:
         if importance in NEEDS_GRADIENTS:
             model.zero_grad(set_to_none=True)
@@ -126,6 +136,9 @@ def channel_scores(
     ``class_reduction`` as in :func:`pruning_scores`);
     ``"l1"``: filter L1 norm; ``"random"``: uniform.
 
+    A ViT-style attention module in ``layers`` (:func:`~lightning_edit.discedit.structured.is_head_attention`) gets
+    one score per head; :mod:`lightning_edit.discedit.heads` defines what each criterion scores for a head.
+
     ``redundancy`` > 0 (DISCEDIT only, a departure from the paper): the scores are reordered by greedy
     minimum-redundancy maximum-relevance selection within each layer, gain ``r_j - redundancy · mean |ρ_jk|`` over the
     channels already kept (:mod:`lightning_edit.discedit.redundancy`; 1 is mRMR's difference form). The channel
@@ -133,10 +146,11 @@ def channel_scores(
     ``normalize`` (global scope).
 
     Returns:
-        layer name -> ``(C_out,)`` float64.
+        layer name -> ``(C_out,)`` float64 (``(num_heads,)`` for an attention module).
 
     Raises:
-        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, a non-default
+        ValueError: for an unknown importance, missing ``batches``/``num_classes`` for DISCEDIT, ``redundancy``
+            with attention modules in ``layers``, a non-default
             ``witness``, ``site``, ``class_reduction`` or ``redundancy`` with another importance (they would not be
             read), a negative ``redundancy`` or one with ``normalize=True``, or
             calibration data with fewer than two classes. A class absent from the data only warns (scores use the rest).
@@ -156,6 +170,27 @@ def channel_scores(
     if redundancy and normalize:
         raise ValueError("redundancy reorders channels within each layer; it has no global ranking. Use per-layer "
                          "budgets (normalize=False, scope='layer'), or redundancy=0.")
+    heads = {n: m for n, m in layers.items() if is_head_attention(m)}
+    if heads and importance in ("discedit", "l1", "random"):
+        if redundancy:
+            raise ValueError(f"redundancy reorders channels of a layer; attention heads {list(heads)} have no "
+                             "channel correlations: use redundancy=0, or leave the attention modules out of layers.")
+        batches = list(batches) if batches is not None else None
+        channels = {n: m for n, m in layers.items() if n not in heads}
+        scores = channel_scores(model, channels, importance, batches, num_classes, witness, reduce_sum, generator,
+                                class_reduction, site, example_input, normalize) if channels else {}
+        if importance == "discedit":
+            if batches is None or num_classes is None:
+                raise ValueError("DISCEDIT scores need calibration `batches` of (x, y) and `num_classes`.")
+            head = discedit_head_scores(model, heads, batches, num_classes, get_witness(witness), reduce_sum,
+                                        class_reduction)
+        elif importance == "l1":
+            head = l1_head_scores(heads)
+        else:
+            head = random_head_scores(heads, generator)
+        if normalize:
+            head = {n: v / v[v.isfinite()].mean().clamp_min(1e-12) for n, v in head.items()}
+        return {n: (head[n] if n in heads else scores[n]) for n in layers}
     if importance in TORCH_PRUNING_IMPORTANCES:
         batches = list(batches) if batches is not None else None
         if example_input is None:

@@ -126,6 +126,7 @@ def select_and_prune(
     num_classes: int | None = None,
     sparsity_type: Literal["channels", "parameters", "macs"] = "parameters",
     min_channels: int | None = None,
+    on_candidate: Callable[[str, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, SelectionReport]:
     """Prune a copy of ``model`` with every candidate criterion, measure each on ``selection_batches``, return the best.
 
@@ -144,6 +145,9 @@ def select_and_prune(
         candidates: names of :data:`CANDIDATES` (default :data:`DEFAULT_CANDIDATES`).
         num_classes: number of classes (default: the model's output width on ``example_input``).
         sparsity_type, min_channels: as in :func:`~lightning_edit.discedit.prune_channels`.
+        on_candidate: called as ``on_candidate(name, pruned_copy)`` after each candidate is measured, e.g. to log
+            it or to measure it on other data (the benchmark's test accuracy of every candidate); it must not modify
+            the copy.
 
     Returns:
         ``(pruned copy, report)``; ``report.importance`` names the winner, ``report.table`` maps each candidate to
@@ -175,6 +179,8 @@ def select_and_prune(
         report.table[name] = selection_accuracy(pruned, selection_batches)
         report.sparsity_reached[name] = result.sparsity
         report.seconds[name] = time.perf_counter() - start
+        if on_candidate is not None:
+            on_candidate(name, pruned)
         if best is None or report.table[name] > report.table[report.importance]:
             report.importance, best = name, pruned
     return best.eval(), report

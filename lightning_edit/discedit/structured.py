@@ -11,6 +11,7 @@ import copy
 import fnmatch
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,23 +26,84 @@ PRUNING_KEY = "lightning_edit_pruning"
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
-def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """Conv2d and Linear layers whose output channels may be pruned.
+def is_head_attention(module: nn.Module) -> bool:
+    """True for a self-attention module in the common ViT (timm) style: an int ``num_heads`` attribute and Linear
+    children ``qkv`` (fused, outputs laid out ``(3, num_heads, head_dim)``) and ``proj``. Its whole heads are
+    prunable components (:func:`prunable_layers`). Native :class:`torch.nn.MultiheadAttention` is not one."""
+    return (isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "qkv", None), nn.Linear)
+            and isinstance(getattr(module, "proj", None), nn.Linear))
+
+
+def head_dim(name: str, module: nn.Module) -> int:
+    """Width of one head of a ViT-style attention ``module`` (its ``head_dim`` attribute, else inferred).
+
+    Raises:
+        ValueError: if ``qkv`` / ``proj`` do not hold ``num_heads`` heads of that width (the message names the module
+            and what to pass), so removing whole heads could not keep ``num_heads`` / ``head_dim`` consistent.
+    """
+    heads, qkv, proj = module.num_heads, module.qkv, module.proj
+    width = getattr(module, "head_dim", None)
+    if not isinstance(width, int):
+        width = qkv.out_features // (3 * heads) if heads > 0 else 0
+    if heads < 1 or width < 1 or qkv.out_features != 3 * heads * width or proj.in_features != heads * width:
+        raise ValueError(
+            f"Attention module {name!r} has num_heads={module.num_heads}, head_dim={getattr(module, 'head_dim', None)}, "
+            f"qkv.out_features={qkv.out_features} and proj.in_features={proj.in_features}; whole-head pruning needs "
+            f"qkv.out_features == 3 * num_heads * head_dim and proj.in_features == num_heads * head_dim. Fix the "
+            f"attributes, or pass layers= without {name!r} (and without its qkv / proj).")
+    return width
+
+
+def component_count(module: nn.Module) -> int:
+    """Prunable components of a layer: heads of a ViT-style attention module, else output channels / neurons."""
+    return module.num_heads if is_head_attention(module) else module.weight.shape[0]
+
+
+def attention_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``(num_heads, head_dim)`` of every ViT-style attention module and :class:`torch.nn.MultiheadAttention` of
+    ``model``, by name (what the pruning report prints)."""
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            shapes[name] = (m.num_heads, m.embed_dim // m.num_heads)
+        elif is_head_attention(m):
+            shapes[name] = (m.num_heads, m.proj.in_features // max(m.num_heads, 1))
+    return shapes
+
+
+def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None, heads: bool = True) -> dict[str, nn.Module]:
+    """Conv2d and Linear layers whose output channels may be pruned, and ViT-style attention modules whose heads may.
+
+    In a model with ViT-style attention (:func:`is_head_attention`), the default leaves out each attention's ``qkv``
+    and ``proj`` (their channels are heads: the attention module itself stands for them) and every layer writing the
+    residual stream (output width equal to the attention's input width: patch embedding, ``proj``, the FFN's second
+    Linear), which positional embeddings and class tokens share. FFN hidden neurons stay prunable.
 
     Args:
         model: the network (names are relative to it).
         patterns: ``fnmatch`` patterns of module names (``"model.features.*"``); None selects every
-            Conv2d/Linear except the last one in registration order (the classifier output).
+            Conv2d/Linear except the last one in registration order (the classifier output), with the transformer
+            rule above.
+        heads: include ViT-style attention modules (whole heads); False for DISCEDIT-U, which masks weights.
 
     Returns:
         name -> module, in registration order.
 
     Raises:
-        ValueError: if nothing matches (the message lists the candidate names).
+        ValueError: if nothing matches (the message lists the candidate names), a pattern selects an attention
+            module's ``qkv`` or ``proj`` (name the attention module instead), or a selected attention module's head
+            count cannot be kept consistent (:func:`head_dim`).
     """
-    candidates = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    attention = {n: m for n, m in model.named_modules() if is_head_attention(m)} if heads else {}
+    candidates = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) or n in attention}
     if patterns is None:
-        layers = dict(list(candidates.items())[:-1])
+        linears = [n for n, m in candidates.items() if n not in attention]
+        layers = {n: candidates[n] for n in [*linears[:-1], *attention]}
+        all_attention = [m for m in model.modules() if is_head_attention(m)]
+        inner = {id(m.qkv) for m in all_attention} | {id(m.proj) for m in all_attention}
+        stream = {m.qkv.in_features for m in all_attention}
+        layers = {n: m for n, m in candidates.items() if n in layers and id(m) not in inner
+                  and (n in attention or not stream or _out_width(m) not in stream)}
     else:
         layers = {n: m for n, m in candidates.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
     if not layers:
@@ -49,7 +111,26 @@ def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> 
             f"No prunable layer found (patterns={patterns}). Conv2d/Linear layers in the model: "
             f"{list(candidates) or 'none'}; the last one is the classifier output and is never pruned by default."
         )
+    owners = {id(m.qkv): n for n, m in attention_items(model)} | {id(m.proj): n for n, m in attention_items(model)}
+    inside = {n: owners[id(m)] for n, m in layers.items() if id(m) in owners}
+    if inside:
+        raise ValueError(
+            f"Layer(s) {list(inside)} are the qkv / proj of attention module(s) {sorted(set(inside.values()))}: their "
+            f"channels are heads, and pruning them channel by channel would leave num_heads / head_dim stale. Name "
+            f"the attention module(s) instead to prune whole heads.")
+    for n, m in layers.items():
+        if is_head_attention(m):
+            head_dim(n, m)
     return layers
+
+
+def attention_items(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every ViT-style attention module of ``model`` (:func:`is_head_attention`)."""
+    return [(n, m) for n, m in model.named_modules() if is_head_attention(m)]
+
+
+def _out_width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
 def build_dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
@@ -57,7 +138,9 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> tp.Depend
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            # class tokens / positional embeddings: we never prune the residual stream they live in
+            warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     finally:
         model.train(was_training)
@@ -65,33 +148,55 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> tp.Depend
 
 @dataclass
 class ChannelGroup:
-    """Output channels that torch-pruning must remove together (e.g. every conv adding into one residual stream).
+    """Output channels that torch-pruning must remove together (e.g. every conv adding into one residual stream), or
+    the heads of one ViT-style attention module.
 
     Attributes:
-        root: name of the layer the group is addressed by.
-        width: current number of channels.
+        root: name of the layer (or attention module) the group is addressed by.
+        width: current number of channels (heads).
         members: scored layer name -> (root indices, that layer's channel indices), both ``(width,)`` long.
+        head_dim: for a group of heads, the width of one head; None for channels.
     """
 
     root: str
     width: int
     members: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    head_dim: int | None = None
 
 
 def channel_groups(model: nn.Module, dg: tp.DependencyGraph, layers: Mapping[str, nn.Module]) -> list[ChannelGroup]:
-    """The dependency groups whose out-channel items include at least one layer of ``layers``."""
-    selected = {id(m): n for n, m in layers.items()}
+    """The dependency groups whose out-channel items include at least one layer of ``layers``, then one group of
+    heads per ViT-style attention module of ``layers``.
+
+    Raises:
+        ValueError: if a selected Conv2d/Linear shares its channels with a ViT-style attention module's ``qkv`` /
+            ``proj`` (its heads, or the residual stream they read and write); the message names both.
+    """
+    attention = [(n, m) for n, m in model.named_modules() if is_head_attention(m)]
+    inner = {id(m.qkv): n for n, m in attention} | {id(m.proj): n for n, m in attention}
+    selected = {id(m): n for n, m in layers.items() if not is_head_attention(m)}
     output_layer = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)][-1:]
     groups = []
     for group in dg.get_all_groups(ignored_layers=output_layer, root_module_types=PRUNABLE_TYPES):
         root_module = group[0].dep.target.module
         cg = ChannelGroup(dg._module2name[root_module], len(group[0].idxs))
+        touched = None
         for item in group:
             module = item.dep.target.module
+            touched = touched or inner.get(id(module))
             if id(module) in selected and dg.is_out_channel_pruning_fn(item.dep.handler):
                 cg.members[selected[id(module)]] = (torch.as_tensor(item.root_idxs), torch.as_tensor(item.idxs))
+        if cg.members and touched is not None:
+            raise ValueError(
+                f"Layer(s) {list(cg.members)} share their channels with attention module {touched!r} (its qkv / proj, "
+                f"or the residual stream around it), which cannot be pruned channel by channel. Prune whole heads by "
+                f"naming {touched!r} in layers, and leave its qkv / proj and the residual stream's layers out.")
         if cg.members:
             groups.append(cg)
+    for name, module in layers.items():
+        if is_head_attention(module):
+            idx = torch.arange(module.num_heads)
+            groups.append(ChannelGroup(name, module.num_heads, {name: (idx, idx)}, head_dim(name, module)))
     return groups
 
 
@@ -158,7 +263,9 @@ def select_channels(
 
 
 def apply_pruning(model: nn.Module, dg: tp.DependencyGraph, plan: Mapping[str, Sequence[int]]) -> list[list[Any]]:
-    """Remove the planned output channels (and everything coupled to them) in place.
+    """Remove the planned output channels (and everything coupled to them) in place. A plan entry rooted at a
+    ViT-style attention module lists heads: their slices of ``proj``'s input (and, coupled, of ``qkv``'s q, k and v
+    outputs) are removed and ``num_heads`` is lowered; ``head_dim`` is unchanged.
 
     Returns:
         torch-pruning's history for these operations, ``[[layer_name, is_out_channel, indices], ...]``.
@@ -167,6 +274,12 @@ def apply_pruning(model: nn.Module, dg: tp.DependencyGraph, plan: Mapping[str, S
     start = len(dg.pruning_history())
     for root, idxs in plan.items():
         module = modules[root]
+        if is_head_attention(module):
+            width = head_dim(root, module)
+            channels = [h * width + j for h in idxs for j in range(width)]
+            dg.get_pruning_group(module.proj, tp.prune_linear_in_channels, channels).prune()
+            module.num_heads -= len(idxs)
+            continue
         group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, list(idxs))
         group.prune()
     return [list(h) for h in dg.pruning_history()[start:]]
@@ -180,6 +293,9 @@ def pruning_record(model: nn.Module) -> dict[str, Any] | None:
 def append_pruning_record(model: nn.Module, input_shape: Sequence[int], history: list[list[Any]]) -> None:
     record = pruning_record(model) or {"input_shape": list(input_shape), "history": []}
     record["history"] = record["history"] + history
+    heads = {n: m.num_heads for n, m in model.named_modules() if is_head_attention(m)}
+    if heads:
+        record["num_heads"] = heads  # replay sets these after the weights shrink
     setattr(model, PRUNING_KEY, record)
 
 
@@ -206,6 +322,9 @@ def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     p = next(model.parameters())
     dg = build_dependency_graph(model, torch.zeros(record["input_shape"], device=p.device, dtype=p.dtype))
     dg.load_pruning_history([list(h) for h in todo])
+    modules = dict(model.named_modules())
+    for name, heads in record.get("num_heads", {}).items():
+        modules[name].num_heads = heads
     append_pruning_record(model, record["input_shape"], [list(h) for h in todo])
     return True
 
