@@ -108,7 +108,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
+        self.train_acc(logits.argmax(1), y)  # class indices: a model specialised to k < K classes is measured too
         self.log("train_loss", loss, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -118,10 +118,10 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         self.log(f"{stage}_loss", F.cross_entropy(logits, y), prog_bar=True)
         acc = getattr(self, f"{stage}_acc")
-        acc(logits, y)
+        acc(logits.argmax(1), y)
         self.log(f"{stage}_acc", acc, prog_bar=True)
         if self.per_class_accuracy:
-            getattr(self, f"{stage}_acc_class").update(logits, y)
+            getattr(self, f"{stage}_acc_class").update(logits.argmax(1), y)
 
     def _log_per_class(self, stage: str) -> None:
         if self.per_class_accuracy:

@@ -51,6 +51,7 @@ from lightning_edit.discedit.prune import (
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.select import CANDIDATES, check_candidates, prune_with, selection_accuracy
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
+from lightning_edit.discedit.subset import check_classes, keep_classes, output_layer
 from lightning_edit.discedit.structured import (
     attention_items,
     attention_shapes,
@@ -143,10 +144,19 @@ class DiscEditPruning(Callback):
         selection_source: the loader of the selection split, ``"val"`` (default: the validation loader, never the
             test set) or ``"train"``; it must differ from ``calibration_source``.
         selection_batches: batches of the selection loader to measure on (None: all of it).
+        classes: class-subset specialisation (:mod:`lightning_edit.discedit.subset`), with ``prune_epoch="start"``:
+            before scoring, the classifier keeps only the rows of these original classes, in this order (the model
+            then outputs ``len(classes)`` logits); DISCEDIT's bounds are one-vs-rest within the subset. Every loader
+            (calibration, recalibration, selection, fine-tuning) must yield only those classes' samples, labelled
+            by position (``classes[j] -> j``): :class:`~lightning_edit.data.TensorDataModule` does this with
+            ``classes=[...], relabel=True``. The checkpoint saves the class list in its pruning record and reloads
+            into the original architecture (:func:`~lightning_edit.discedit.enable_edit_reload`).
 
     Raises:
         ValueError: at construction for a sparsity outside [0, 1), an unknown witness, importance, scope,
-            schedule or sparsity type, ``end_epoch < prune_epoch``, ``end_epoch`` with ``"start"``,
+            schedule or sparsity type, ``end_epoch < prune_epoch``, ``end_epoch`` with ``"start"``, ``classes`` with
+            fewer than 2 entries, duplicates, or without ``prune_epoch="start"`` (and at ``setup``, a class outside
+            the model's outputs),
             ``min_channels < 1``, an argument that could not take effect (a non-default ``witness`` or
             ``feature_site`` with another ``importance``, a non-linear ``schedule`` for a single prune step,
             ``recalibration_batches`` with ``recalibrate_bn=False``, a ``seed`` other than 0 with an importance other
@@ -190,7 +200,14 @@ class DiscEditPruning(Callback):
         candidates: list[str] | None = None,
         selection_source: Literal["train", "val"] = "val",
         selection_batches: int | None = None,
+        classes: list[int] | None = None,
     ) -> None:
+        self.classes = check_classes(classes) if classes is not None else None
+        if classes is not None and prune_epoch != "start":
+            raise ValueError(
+                f"classes={classes} specialises a trained model before training goes on: its data are labelled 0..k-1 "
+                "(classes[j] -> j), which the unpruned model would misread. Use prune_epoch='start' with a trained "
+                "checkpoint (data: e.g. FashionMNISTDataModule(classes=..., relabel=True)).")
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
         choices = {
@@ -310,6 +327,8 @@ class DiscEditPruning(Callback):
         if self.importance == "auto" and stage_loader(trainer, self.selection_source) is None:
             raise ValueError(f"DiscEditPruning(importance='auto') measures the candidates on the {self.selection_source} "
                              "loader, but none is defined: give the datamodule that loader, or set selection_source.")
+        if self.classes is not None and not self.events:
+            check_classes(self.classes, output_layer(pl_module)[1].out_features)
         layers = prunable_layers(pl_module, self.layer_patterns)
         self.layer_widths = self.layer_widths or {n: component_count(m) for n, m in layers.items()}
         self.attention_shapes = self.attention_shapes or attention_shapes(pl_module)
@@ -372,6 +391,9 @@ class DiscEditPruning(Callback):
         if self.dense_macs_params is None:
             self.dense_macs_params = count_macs_params(pl_module, example)
         val_loader = stage_loader(trainer, "val") if self.evaluate else None
+        if self.classes is not None:
+            keep_classes(pl_module, self.classes)
+            self.num_classes = len(self.classes)
         acc_before = self._accuracy(pl_module, val_loader)
 
         layers = prunable_layers(pl_module, self.layer_patterns)

@@ -45,11 +45,14 @@ class TensorDataModule(L.LightningDataModule):
         train_subset: keep only this many training samples (stratified), for quick runs; None keeps all.
         num_workers: DataLoader workers.
         seed: seed of the split and of the subset.
-        classes: keep only these class indices (labels are not renumbered), e.g. to train a
-            model without a class as the unlearning gold standard. None keeps all.
+        classes: keep only these class indices, e.g. to train a model without a class as the unlearning gold
+            standard. None keeps all.
+        relabel: with ``classes``, map labels to their position in ``classes`` (``classes[j] -> j``), the labels of
+            a model specialised to the subset (``DiscEditPruning(classes=...)``). False keeps the original labels.
 
     Raises:
-        ValueError: for a non-positive batch size or ``train_subset``; at setup, for a ``val_size`` that leaves no
+        ValueError: for a non-positive batch size or ``train_subset``, duplicate ``classes``, ``relabel`` without
+            ``classes``; at setup, for a class outside the dataset's classes, a ``val_size`` that leaves no
             training data or a ``train_subset`` larger than the training samples left (it would keep them all).
     """
 
@@ -63,8 +66,14 @@ class TensorDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         classes: list[int] | None = None,
+        relabel: bool = False,
     ) -> None:
         super().__init__()
+        if relabel and classes is None:
+            raise ValueError("relabel=True maps labels to positions in `classes`; give classes, or drop relabel.")
+        if classes is not None and len(set(classes)) != len(classes):
+            raise ValueError(f"classes={classes} has duplicates.")
+        self.relabel = relabel
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if val_size < 0:
@@ -95,6 +104,10 @@ class TensorDataModule(L.LightningDataModule):
             keep = torch.tensor(self.classes)
             m_tr, m_te = torch.isin(y_tr, keep), torch.isin(y_te, keep)
             x_tr, y_tr, x_te, y_te = x_tr[m_tr], y_tr[m_tr], x_te[m_te], y_te[m_te]
+            if self.relabel:
+                position = torch.full((self.num_classes,), -1, dtype=torch.long)
+                position[keep] = torch.arange(len(keep))
+                y_tr, y_te = position[y_tr], position[y_te]
         g = torch.Generator().manual_seed(self.seed)
         perm = _stratified_order(y_tr, g)
         if self.val_size >= len(perm):

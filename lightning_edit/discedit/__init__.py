@@ -54,10 +54,14 @@ from lightning_edit.discedit.structured import (
     count_macs_params,
     enable_edit_reload,
     group_scores,
+    attention_shapes,
+    head_dim,
+    is_head_attention,
     prunable_layers,
     replay_pruning,
     select_channels,
 )
+from lightning_edit.discedit.subset import check_classes, keep_classes, subset_batches
 from lightning_edit.discedit.unlearn import (
     UnlearnReport,
     check_forget_classes,
@@ -89,5 +93,6 @@ __all__ = [
     "WITNESS_FUNCTIONS", "Witness", "class_vs_rest_bounds", "get_witness", "l1_norm_scores", "pruning_scores",
     "random_scores", "score_components", "unlearning_scores", "PRUNING_KEY", "ChannelGroup", "apply_pruning", "build_dependency_graph",
     "channel_groups", "count_macs_params", "enable_edit_reload", "group_scores", "prunable_layers", "replay_pruning", "select_channels",
+    "attention_shapes", "head_dim", "is_head_attention", "check_classes", "keep_classes", "subset_batches",
     "fisher_bound", "generic_witness_bound", "mpm_bound", "regularise_covariance", "robust_fisher_bound",
 ]

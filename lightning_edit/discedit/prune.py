@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.redundancy import record_correlations, redundancy_adjusted_scores
 from lightning_edit.discedit.heads import discedit_head_scores, l1_head_scores, random_head_scores
+from lightning_edit.discedit.subset import check_classes, keep_classes, output_layer, subset_batches
 from lightning_edit.discedit.scores import check_discedit_options, get_witness, pruning_scores, score_components
 from lightning_edit.discedit.structured import (
     append_pruning_record,
@@ -50,12 +51,13 @@ SPARSITY_TYPES = ("channels", "parameters", "macs")
 
 def torch_pruning_scores(
     model: nn.Module, layers: Mapping[str, nn.Module], importance: str, example_input: Tensor,
-    batches: Iterable[tuple[Tensor, Tensor]] | None = None,
+    batches: Iterable[tuple[Tensor, Tensor]] | None = None, classes: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Per-channel scores of ``layers`` by one of torch-pruning's importance criteria, through its API.
 
     Each layer's output channels form a torch-pruning group (with every coupled layer), scored by the criterion.
-    ``"taylor"`` needs gradients: the cross-entropy of ``model`` (eval mode, BatchNorm statistics untouched) is
+    ``"taylor"`` needs gradients: the cross-entropy of ``model`` (eval mode, BatchNorm statistics untouched; with
+    ``classes``, of its logits of those classes, the batches' labels being positions in ``classes``) is
     back-propagated over ``batches`` first, and the gradients are cleared afterwards. A layer whose group has no
     BatchNorm gets group L2 magnitude under ``"bn_scale"`` (with a warning).
 
@@ -80,7 +82,8 @@ def torch_pruning_scores(
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
             for x, y in batches:
-                torch.nn.functional.cross_entropy(model(x), y).backward()
+                logits = model(x) if classes is None else model(x)[:, list(classes)]
+                torch.nn.functional.cross_entropy(logits, y).backward()
     try:
         criterion, fallback = TORCH_PRUNING_IMPORTANCES[importance](), TORCH_PRUNING_IMPORTANCES["tp_l2"]()
         scores = {}
@@ -118,8 +121,14 @@ def channel_scores(
     example_input: Tensor | None = None,
     normalize: bool = False,
     redundancy: float = 0.0,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Per-channel scores of each layer (low = remove first).
+
+    ``classes`` (class-subset specialisation, :mod:`lightning_edit.discedit.subset`): only the samples of these
+    classes are read, labelled by their position in ``classes``, so DISCEDIT's bounds are one-vs-rest within the
+    subset and ``num_classes`` becomes ``len(classes)``; Taylor's loss reads those classes' logits. ``batches`` carry
+    the model's original labels.
 
     ``importance`` is ``"discedit"`` (the paper), ``"l1"`` / ``"random"`` (our own baselines), or a torch-pruning
     criterion of :data:`TORCH_PRUNING_IMPORTANCES` (``"tp_l1"``, ``"tp_l2"``, ``"taylor"``, ``"bn_scale"``,
@@ -163,6 +172,13 @@ def channel_scores(
             missing = (counts == 0).nonzero().flatten().tolist()
             warnings.warn(f"classes {missing} are absent from the calibration data; scoring on the rest.", UserWarning)
 
+    if classes is not None:
+        classes = check_classes(classes, num_classes)
+        if batches is not None:
+            batches = list(subset_batches(batches, classes))
+            if not batches:
+                raise ValueError(f"The calibration batches hold no sample of classes {classes}.")
+        num_classes = len(classes)
     check_discedit_options(importance, witness=(witness, "fisher"), site=(site, "conv"),
                            class_reduction=(class_reduction, "min"), redundancy=(redundancy, 0.0))
     if redundancy < 0:
@@ -197,7 +213,7 @@ def channel_scores(
             if not batches:
                 raise ValueError(f"importance={importance!r} needs example_input (or calibration batches) to trace the model.")
             example_input = batches[0][0][:1]
-        return torch_pruning_scores(model, layers, importance, example_input, batches)
+        return torch_pruning_scores(model, layers, importance, example_input, batches, classes)
     # the correlations for ``redundancy`` are summed in the same forward passes as the moments
     with record_correlations(model, layers, site) if redundancy else nullcontext() as correlations:
         scores = score_components(
@@ -250,6 +266,7 @@ def prune_channels(
     dense_params: int | None = None,
     recalibration_batches: Iterable[Any] | None = None,
     dense_macs: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> PruneResult:
     """Remove the lowest-scored channels of ``model`` in place so that it reaches ``sparsity``.
 
@@ -269,13 +286,18 @@ def prune_channels(
         dense_params: parameter count before any pruning (default: the current count).
         dense_macs: MACs before any pruning (default: the current count), for ``sparsity_type="macs"``.
         recalibration_batches: if given, ``(x, y)`` batches on the model's device on which the BatchNorm running
-            statistics are re-estimated after the removal (:func:`~lightning_edit.discedit.recalibrate_batchnorm`).
+            statistics are re-estimated after the removal (:func:`~lightning_edit.discedit.recalibrate_batchnorm`;
+            with ``classes``, on those classes' samples only).
+        classes: class-subset specialisation (:mod:`lightning_edit.discedit.subset`): after the channels, the
+            classifier's rows of every other class are removed and the rest put in this order, so the model outputs
+            ``len(classes)`` logits, output ``j`` being class ``classes[j]``. Score with the same ``classes``.
 
     Returns:
         a :class:`PruneResult`; the model also records the history (:func:`enable_edit_reload`).
 
     Raises:
-        ValueError: before the model changes, for an unknown ``sparsity_type``, a sparsity outside [0, 1), a group
+        ValueError: before the model changes, for an unknown ``sparsity_type``, a sparsity outside [0, 1), bad
+            ``classes`` (fewer than 2, duplicates, outside the model's outputs), a group
             that would be pruned to zero width (set ``min_channels``), or a MACs target that ``min_channels`` makes
             unreachable (the message gives the reachable maximum).
     """
@@ -283,6 +305,8 @@ def prune_channels(
         raise ValueError(f"sparsity_type must be one of {SPARSITY_TYPES}, got {sparsity_type!r}.")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
+    if classes is not None:
+        classes = check_classes(classes, output_layer(model)[1].out_features)
     layers = layers if layers is not None else prunable_layers(model)
     original_widths = original_widths if original_widths is not None else {}
     dg = build_dependency_graph(model, example_input)
@@ -325,8 +349,11 @@ def prune_channels(
 
     history = apply_pruning(model, dg, plan)
     append_pruning_record(model, list(example_input.shape), history)
+    if classes is not None:
+        keep_classes(model, classes)
     if recalibration_batches is not None:
-        recalibrate_batchnorm(model, recalibration_batches)
+        recalibrate_batchnorm(model, recalibration_batches if classes is None
+                              else subset_batches(recalibration_batches, classes))
     removed = sum(len(v) for v in plan.values())
     remaining = sum(g.width for g in groups) - removed
     return PruneResult(plan, history, removed, 1.0 - remaining / sum(original_widths[g.root] for g in groups))

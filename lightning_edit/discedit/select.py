@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_edit.discedit.prune import PruneResult, channel_scores, prune_channels
 from lightning_edit.discedit.structured import prunable_layers
+from lightning_edit.discedit.subset import check_classes, keep_classes, output_layer, subset_batches
 
 CANDIDATES: dict[str, dict[str, str]] = {
     "discedit": {"importance": "discedit", "site": "conv", "scope": "layer"},
@@ -127,6 +128,7 @@ def select_and_prune(
     sparsity_type: Literal["channels", "parameters", "macs"] = "parameters",
     min_channels: int | None = None,
     on_candidate: Callable[[str, nn.Module], None] | None = None,
+    classes: Sequence[int] | None = None,
 ) -> tuple[nn.Module, SelectionReport]:
     """Prune a copy of ``model`` with every candidate criterion, measure each on ``selection_batches``, return the best.
 
@@ -148,6 +150,9 @@ def select_and_prune(
         on_candidate: called as ``on_candidate(name, pruned_copy)`` after each candidate is measured, e.g. to log
             it or to measure it on other data (the benchmark's test accuracy of every candidate); it must not modify
             the copy.
+        classes: class-subset specialisation (:mod:`lightning_edit.discedit.subset`): the classifier is first cut to
+            these classes (in this order), and scoring, recalibration and selection read only their samples, labelled
+            by position; the batches carry the model's original labels.
 
     Returns:
         ``(pruned copy, report)``; ``report.importance`` names the winner, ``report.table`` maps each candidate to
@@ -155,7 +160,7 @@ def select_and_prune(
 
     Raises:
         ValueError: before anything is pruned, for unknown, duplicate or fewer than two candidates, empty
-            calibration or selection batches, or a sparsity outside [0, 1).
+            calibration or selection batches (of ``classes``), bad ``classes``, or a sparsity outside [0, 1).
     """
     names = check_candidates(candidates)
     if not 0.0 <= sparsity < 1.0:
@@ -165,6 +170,15 @@ def select_and_prune(
         raise ValueError("calibration_batches is empty; the criteria need (x, y) batches to score channels on.")
     if not selection_batches:
         raise ValueError("selection_batches is empty; give held-out (x, y) batches (a validation split) to select on.")
+    if classes is not None:
+        classes = check_classes(classes, output_layer(model)[1].out_features)
+        model = copy.deepcopy(model)
+        keep_classes(model, classes)
+        calibration_batches = list(subset_batches(calibration_batches, classes))
+        selection_batches = list(subset_batches(selection_batches, classes))
+        if not calibration_batches or not selection_batches:
+            raise ValueError(f"The calibration or selection batches hold no sample of classes {classes}.")
+        num_classes = len(classes)
     layer_names = list(layers) if layers is not None else list(prunable_layers(model))
     if num_classes is None:
         with torch.no_grad():

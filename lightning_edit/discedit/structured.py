@@ -292,6 +292,7 @@ def pruning_record(model: nn.Module) -> dict[str, Any] | None:
 
 def append_pruning_record(model: nn.Module, input_shape: Sequence[int], history: list[list[Any]]) -> None:
     record = pruning_record(model) or {"input_shape": list(input_shape), "history": []}
+    record["input_shape"] = record.get("input_shape") or list(input_shape)
     record["history"] = record["history"] + history
     heads = {n: m.num_heads for n, m in model.named_modules() if is_head_attention(m)}
     if heads:
@@ -311,13 +312,19 @@ def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     Raises:
         ValueError: if the model was pruned differently from the record.
     """
-    if not record or not record.get("history"):
+    from lightning_edit.discedit.subset import replay_classes
+
+    if not record:
+        return False
+    if not record.get("history"):
+        replay_classes(model, record)
         return False
     done = (pruning_record(model) or {}).get("history", [])
     todo = record["history"][len(done):]
     if [list(map(_plain, h)) for h in done] != [list(map(_plain, h)) for h in record["history"][: len(done)]]:
         raise ValueError("This model was pruned differently from the checkpoint's pruning record; load into a fresh model.")
     if not todo:
+        replay_classes(model, record)
         return False
     p = next(model.parameters())
     dg = build_dependency_graph(model, torch.zeros(record["input_shape"], device=p.device, dtype=p.dtype))
@@ -326,6 +333,7 @@ def replay_pruning(model: nn.Module, record: Mapping[str, Any] | None) -> bool:
     for name, heads in record.get("num_heads", {}).items():
         modules[name].num_heads = heads
     append_pruning_record(model, record["input_shape"], [list(h) for h in todo])
+    replay_classes(model, record)  # rows of the classifier; commutes with the channel history (columns)
     return True
 
 
