@@ -70,3 +70,42 @@ def test_ddp_spawn_unlearning_search_picks_the_same_ratio_and_masks(tmp_path, fr
     single = run_unlearning(tmp_path / "single", "auto", 1)
     ddp = run_unlearning(tmp_path / "ddp", "ddp_spawn", 2, extra=(fresh_ddp_env,))
     assert ddp == single and 0 < single["ratio"] <= 0.5 and single["calibration_forget_acc"] <= 0.05
+
+
+def trained_state() -> dict:
+    """net() trained 3 epochs on the digits, so the candidates differ by more than a padded duplicate sample."""
+    torch.manual_seed(0)
+    module = ClassifierModule(net(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    L.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(module, datamodule=DigitsDataModule(batch_size=45))
+    return module.model.state_dict()
+
+
+def run_auto(tmp_path, strategy: str, devices: int, state: dict, extra: tuple = ()) -> tuple[list, dict]:
+    model = net()
+    model.load_state_dict(state)
+    module = ClassifierModule(model, optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    cb = DiscEditPruning(sparsity=0.5, prune_epoch=0, importance="auto", candidates=["discedit", "tp_l2", "lamp_global"],
+                         calibration_batches=None, calibration_source="val", selection_source="train", plot=False,
+                         evaluate=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, limit_train_batches=2, callbacks=[cb, *extra],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=45))
+    selection = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("discedit/auto/")}
+    return pruning_record(module)["history"], selection
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_spawn_auto_selection_makes_the_same_choice_on_every_rank(tmp_path, fresh_ddp_env):
+    """Selection counts are summed across ranks: both ranks prune the same copy (training goes on after the prune, so
+    ranks that disagreed on shapes would fail in DDP), and the choice is the single process's."""
+    state = trained_state()
+    single_history, single = run_auto(tmp_path / "single", "auto", 1, state)
+    ddp_history, ddp = run_auto(tmp_path / "ddp", "ddp_spawn", 2, state, extra=(fresh_ddp_env,))
+    assert max(ddp, key=ddp.get) == max(single, key=single.get)
+    assert [[n, o, sorted(i)] for n, o, i in ddp_history] == [[n, o, sorted(i)] for n, o, i in single_history]
+    # the train shards hold one padded duplicate (1,167 samples on 2 ranks): the accuracies agree to 1/1,167
+    assert all(abs(ddp[k] - single[k]) <= 1 / 1167 + 1e-9 for k in single)

@@ -78,6 +78,28 @@ def test_callback_auto_applies_the_candidate_with_the_best_selection_accuracy(tm
     assert cb.state_dict()["chosen"] == cb.chosen
 
 
+def test_callback_auto_under_bf16_mixed(tmp_path):
+    import lightning as L
+
+    from lightning_edit import ClassifierModule
+    from lightning_edit.callbacks import DiscEditPruning
+    from lightning_edit.data import DigitsDataModule
+    from lightning_edit.models import SmallCNN
+
+    L.seed_everything(0)
+    cb = DiscEditPruning(sparsity=0.5, prune_epoch=1, importance="auto", candidates=["discedit", "taylor", "bn_scale"],
+                         calibration_batches=4, plot=False)
+    module = ClassifierModule(SmallCNN(1, 10), num_classes=10)
+    L.Trainer(max_epochs=2, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=str(tmp_path), precision="bf16-mixed").fit(module,
+                                                                                                   DigitsDataModule())
+    assert cb.chosen in {"discedit", "taylor", "bn_scale"} and len(cb.selection) == 3
+    assert all(0.0 < row["selection_acc"] <= 1.0 for row in cb.selection.values())
+    assert module.model.features[0].out_channels == 16
+    assert cb.events[0]["acc_after"] == pytest.approx(cb.selection[cb.chosen]["selection_acc"], abs=0.02)
+    assert cb.events[0]["acc_after"] > 0.2  # chance is 0.1
+
+
 def test_callback_auto_bad_input_is_an_error_at_construction():
     from lightning_edit.callbacks import DiscEditPruning
 
