@@ -15,6 +15,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 """Where every benchmark writes its table and ``results.json`` by default, whatever the working directory."""
 
 
+ARCHS = {"vgg11_w0.25": ("vgg11", 0.25), "vgg11_w0.5": ("vgg11", 0.5), "resnet20": ("resnet20", 1.0),
+         "vit": ("vit", 1.0)}
+"""Benchmark network name -> (``train_base`` architecture, VGG width multiplier)."""
+
+
+def mean_std(v: list[float]) -> str:
+    """``mean ± sample std`` of per-seed values (``—`` for none)."""
+    import statistics
+
+    return f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" if v else "—"
+
+
+def write_results(out: Path, table: str, payload: dict, quiet: bool = True) -> None:
+    """Write ``table.md`` and ``results.json`` to ``out`` (printing the table unless ``quiet``)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    if not quiet:
+        print("\n" + table + f"\nwritten: {out}/table.md, results.json")
+
+
 def datamodule(batch_size: int = 128, train_subset: int | None = None):
     """Fashion-MNIST when its IDX files are installed, else the 8x8 digits (said on stdout)."""
     fm = FashionMNISTDataModule(batch_size=batch_size, train_subset=train_subset)

@@ -30,7 +30,7 @@ from _common import RESULTS, datamodule, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
-from lightning_edit.models import resnet20
+from lightning_edit.models import ViT, resnet20
 
 ARMS = {  # label -> (importance, feature site, class reduction)
     "DISCEDIT (conv output)": ("discedit", "conv", "min"),
@@ -94,10 +94,13 @@ def arm_scores(model: torch.nn.Module, layers: dict, label: str, calib: list, se
 
 
 def train_base(seed: int, dm, side: int, width: float, epochs: int, arch: str = "vgg11") -> ClassifierModule:
-    """The benchmark's network (VGG-11 at ``width``, or ResNet-20 with option-B shortcuts) trained anew with ``seed``
+    """The benchmark's network (VGG-11 at ``width``, ResNet-20 with option-B shortcuts, or the small ViT) trained anew with ``seed``
     (Adam lr 2e-3, ``epochs`` epochs), as in :func:`main`."""
     L.seed_everything(seed, verbose=False)
-    net = vgg(side, width) if arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
+    if arch == "vit":  # 3 pre-norm blocks of 4 heads, d = 64, 7x7 patches (4x4 on the 8x8 digits)
+        net = ViT(image_size=side, patch_size=7 if side % 7 == 0 else 4, dim=64, depth=3, num_heads=4)
+    else:
+        net = vgg(side, width) if arch == "vgg11" else resnet20(in_channels=1, num_classes=10)
     base = ClassifierModule(net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
     trainer(epochs).fit(base, datamodule=dm)
     return base

@@ -16,22 +16,16 @@ and measurement pass).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, pruning_setup
+from _common import ARCHS, RESULTS, mean_std, pruning_setup, write_results
 from accuracy_fashion_mnist import sample_batches, test_acc, train_base
 
 from lightning_edit.discedit import DEFAULT_CANDIDATES, select_and_prune
 
-ARCHS = {"vgg11_w0.25": ("vgg11", 0.25), "vgg11_w0.5": ("vgg11", 0.5), "resnet20": ("resnet20", 1.0)}
-
-
-def mean_std(v: list[float]) -> str:
-    return f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
 
 
 def main() -> None:
@@ -67,13 +61,7 @@ def main() -> None:
                 lines.append(f"| {arch} | {s:.0%} | {mean_std(results[f'{key}|auto|test'])} ({counts}) | {best} "
                              f"{mean_std(per[best])} | {gap:+.1f} | {statistics.fmean(results[f'{key}|auto|cost']):.1f} | "
                              + " | ".join(mean_std(per[c]) for c in DEFAULT_CANDIDATES) + " |")
-        table = "\n".join(lines)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table + "\n")
-        (out / "results.json").write_text(json.dumps({"settings": vars(args), "summary": summary, "results": results},
-                                                     indent=2))
-        if not quiet:
-            print("\n" + table + f"\nwritten: {out}/table.md, results.json")
+        write_results(out, "\n".join(lines), {"settings": vars(args), "summary": summary, "results": results}, quiet)
 
     for arch in args.archs:
         family, width = ARCHS[arch]

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, pruning_setup
+from _common import ARCHS, RESULTS, mean_std, pruning_setup, write_results
 from accuracy_fashion_mnist import test_acc, train_base
 
 from lightning_edit import ClassifierModule
@@ -40,7 +39,6 @@ from lightning_edit.discedit import (
     subset_batches,
 )
 
-ARCHS = {"vgg11_w0.25": ("vgg11", 0.25), "vgg11_w0.5": ("vgg11", 0.5), "resnet20": ("resnet20", 1.0)}
 SUBSETS = {  # fixed before any run: confusable groups and easy ones, 2-5 classes
     "tops {T-shirt, pullover, coat, shirt}": [0, 2, 4, 6],
     "footwear {sandal, sneaker, ankle boot}": [5, 7, 9],
@@ -72,10 +70,6 @@ def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: in
     L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
               enable_model_summary=False, enable_progress_bar=False).fit(module, loader)
     return module.model.eval()
-
-
-def mean_std(v: list[float]) -> str:
-    return f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" if v else "—"
 
 
 def main() -> None:
@@ -119,13 +113,8 @@ def main() -> None:
                         summary[f"{arch}|{s}|{col}"] = {"mean_gap_points": statistics.fmean(gaps), "subsets": len(gaps)}
                         lines.append(f"| **mean over subsets** | {s:.0%} | " + " | ".join("" for _ in ARMS)
                                      + f" | **{statistics.fmean(gaps):+.1f}** |")
-        table = "\n".join(lines).strip()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table + "\n")
-        (out / "results.json").write_text(json.dumps({"settings": vars(args), "subsets": SUBSETS, "summary": summary,
-                                                      "results": results}, indent=2))
-        if not quiet:
-            print("\n" + table + f"\nwritten: {out}/table.md, results.json")
+        write_results(out, "\n".join(lines).strip(), {"settings": vars(args), "subsets": SUBSETS, "summary": summary,
+                                                       "results": results}, quiet)
 
     for arch in args.archs:
         family, width = ARCHS[arch]
