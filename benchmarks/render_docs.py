@@ -34,9 +34,13 @@ KEY_NAMES: dict[str, dict[str, list[str]]] = {
     "kept_channel_redundancy": {"results": ["layer"]},
     "discedit_dc_diagnosis": {"per_layer": ["layer", "witness, site"], "accuracy": ["sparsity"]},
     "discedit_mrmr": {"per_layer": ["layer", "witness, site"], "accuracy": ["sparsity"]},
+    "auto_selection": {"results": ["network", "sparsity", "candidate"]},
+    "subset_specialisation": {"results": ["network", "subset", "sparsity", "arm"]},
+    "pruned_latency": {"results": ["device", "network"]},
 }
 COLUMN_LABELS = {"no_ft": "no fine-tuning", "recal": "BN-recalibrated", "ft": "1 fine-tuning epoch",
-                 "params_kept": "parameters kept"}
+                 "params_kept": "parameters kept", "test": "test accuracy", "selection": "selection accuracy",
+                 "cost": "cost (× one DISCEDIT pass)"}
 # Directories whose summaries store ``[mean, std]`` pairs rather than per-seed lists.
 MEAN_STD_PAIRS = {"editable_fashion_mnist": "summary"}
 PLOTTED = "accuracy_fashion_mnist"
@@ -256,12 +260,26 @@ def decision_page() -> str:
     prune = "weight_pruning {'sparsity': 0.9}"
     mini = "data_minimisation {'k': 4, 'unit': 'attribute'}"
     eo = "bias_mitigation {'metric': 'equalized_odds', 'target': 0.04} {'constraint': 'lagrangian', 'requirement_weight': 0.1}"
+    auto, vit = "auto_selection_fashion_mnist", "auto_selection_fashion_mnist_vit"
+    sub = "subset_specialisation_fashion_mnist_w0.25"
     rows = [
         ["Smaller CNN, no time to fine-tune", "[DISCEDIT-SP](methods/discedit-sp.md) callback, "
-         "`DiscEditPruning(importance=\"lamp\", scope=\"global\")`",
-         f"VGG-11 ¼, 50% of the parameters, BN-recalibrated: LAMP global {figure(acc, 'results', 'global|0.5|LAMP (torch-pruning)|recal')} "
-         f"against the default DISCEDIT {figure(acc, 'results', 'layer|0.5|DISCEDIT (conv output)|recal')}",
-         f"[results]({'results/' + acc + '.md'})"],
+         "`DiscEditPruning(importance=\"auto\")` (measures six criteria on the validation split)",
+         f"VGG-11 ¼, 50% of the parameters, BN-recalibrated: auto {figure(auto, 'results', 'vgg11_w0.25|0.5|auto|test')}, "
+         f"the best single criterion (LAMP global) {figure(auto, 'results', 'vgg11_w0.25|0.5|lamp_global|test')}, "
+         f"the default DISCEDIT {figure(auto, 'results', 'vgg11_w0.25|0.5|discedit|test')}",
+         f"[results]({'results/' + auto + '.md'})"],
+        ["Smaller vision transformer (heads and FFN neurons)", "`DiscEditPruning(importance=\"auto\")` on ViT-style "
+         "attention (fused `qkv`, `num_heads`)",
+         f"ViT (3 blocks × 4 heads), 50% of the parameters, no fine-tuning: auto {figure(vit, 'results', 'vit|0.5|auto|test')}, "
+         f"DISCEDIT {figure(vit, 'results', 'vit|0.5|discedit|test')}",
+         f"[results]({'results/' + vit + '.md'})"],
+        ["A model for a few of its classes", "`DiscEditPruning(classes=[...], prune_epoch=\"start\", "
+         "importance=\"auto\")`, data `relabel=True`",
+         f"VGG-11 ¼, 85% of the parameters, mean over 6 subsets, no fine-tuning: DISCEDIT − best peer "
+         f"{figure(sub, 'summary', 'vgg11_w0.25|0.85|recal', 'mean_gap_points', digits=1)} points; after 1 epoch "
+         f"{figure(sub, 'summary', 'vgg11_w0.25|0.85|ft', 'mean_gap_points', digits=1)}",
+         f"[results]({'results/' + sub + '.md'})"],
         ["Smaller residual net, no fine-tuning", "`DiscEditPruning(scope=\"global\")` at high sparsity; "
          "`importance=\"tp_l2\", scope=\"global\"` at low sparsity",
          f"ResNet-20, 70%: DISCEDIT global {figure(r20, 'results', 'global|0.7|DISCEDIT (conv output)|recal')}, "
@@ -309,7 +327,8 @@ def decision_page() -> str:
     lines += table(["task", "use", "what to expect (measured)", "evidence"], rows)
     lines += ["The defaults are the papers' methods: `DiscEditPruning()` scores with DISCEDIT, which our benchmarks "
               "place below the torch-pruning criteria without fine-tuning. Pass the argument in the second column for "
-              "the most accurate model measured. The per-method findings pages say where each method loses.", ""]
+              "the most accurate model measured; `importance=\"auto\"` measures the criteria on your validation "
+              "split instead of trusting ours. The per-method findings pages say where each method loses.", ""]
     return "\n".join(lines)
 
 

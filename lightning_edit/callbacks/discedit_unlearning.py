@@ -206,7 +206,7 @@ class DiscEditUnlearning(Callback):
                 trainer, self.unlearn_epoch + self.finetune_epochs,
                 f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch}, finetune_epochs={self.finetune_epochs})",
             )
-        prunable_layers(pl_module, self._layer_patterns(pl_module))
+        prunable_layers(pl_module, self._layer_patterns(pl_module), heads=False)
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
         )
@@ -265,7 +265,7 @@ class DiscEditUnlearning(Callback):
         """Score and mask now; returns the report (also kept in ``self.report``)."""
         device = pl_module.device
         before = self._per_class(trainer, pl_module)
-        layers = prunable_layers(pl_module, self._layer_patterns(pl_module))
+        layers = prunable_layers(pl_module, self._layer_patterns(pl_module), heads=False)
         masked = total = 0
         picked: dict[str, Tensor] = {}
         search: dict[str, Any] = {}

@@ -133,7 +133,7 @@ def default_unlearning_layers(model: nn.Module) -> list[str]:
     (option B, digits) masking 20% of every layer left remaining accuracy at 0.33. Examples: ResNet-20 ->
     the 7 convolutions of ``layer3``; VGG-11 -> its last 3 convolutions.
     """
-    names = list(prunable_layers(model))
+    names = list(prunable_layers(model, heads=False))
     return names[len(names) - math.ceil(len(names) / 3):]
 
 
@@ -388,7 +388,7 @@ def unlearn(
             num_classes = edited(example).shape[-1]
         edited.train(was_training)
     classes = check_forget_classes(forget_classes, num_classes)
-    chosen = prunable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers)
+    chosen = prunable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers, heads=False)
     calibration = [first, *batches]
     scores = unlearning_component_scores(
         edited, chosen, classes, importance, calibration, num_classes, witness,

@@ -228,3 +228,9 @@ def test_stale_head_attributes_and_projection_names_are_errors_at_setup(tmp_path
         with pytest.raises(ValueError, match=match):
             make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2).fit(UserModule(),
                                                                                  datamodule=DigitsDataModule())
+
+
+def test_unlearning_defaults_leave_heads_and_the_residual_stream_alone():
+    from lightning_edit.discedit import default_unlearning_layers
+
+    assert default_unlearning_layers(UserViT(depth=3)) == ["blocks.2.fc1"]
