@@ -36,11 +36,12 @@ from lightning_edit.callbacks._common import (
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
-from lightning_edit.discedit.structured import enable_edit_reload, prunable_layers
+from lightning_edit.discedit.structured import enable_edit_reload
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
     default_unlearning_layers,
     forget_retain_accuracy,
+    maskable_layers,
     mask_components,
     mask_until_forgotten,
     resolve_masking,
@@ -206,7 +207,7 @@ class DiscEditUnlearning(Callback):
                 trainer, self.unlearn_epoch + self.finetune_epochs,
                 f"DiscEditUnlearning(unlearn_epoch={self.unlearn_epoch}, finetune_epochs={self.finetune_epochs})",
             )
-        prunable_layers(pl_module, self._layer_patterns(pl_module), heads=False)
+        maskable_layers(pl_module, self._layer_patterns(pl_module))
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
         )
@@ -265,7 +266,7 @@ class DiscEditUnlearning(Callback):
         """Score and mask now; returns the report (also kept in ``self.report``)."""
         device = pl_module.device
         before = self._per_class(trainer, pl_module)
-        layers = prunable_layers(pl_module, self._layer_patterns(pl_module), heads=False)
+        layers = maskable_layers(pl_module, self._layer_patterns(pl_module))
         masked = total = 0
         picked: dict[str, Tensor] = {}
         search: dict[str, Any] = {}

@@ -69,6 +69,7 @@ from lightning_edit.discedit.unlearn import (
     default_unlearning_layers,
     forget_retain_accuracy,
     mask_components,
+    maskable_layers,
     mask_until_forgotten,
     select_components,
     unlearn,
@@ -84,7 +85,7 @@ from lightning_edit.discedit.witness import (
 
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
-    "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten",
+    "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten", "maskable_layers",
     "CANDIDATES", "DEFAULT_CANDIDATES", "SelectionReport", "check_candidates", "prune_with", "select_and_prune",
     "selection_accuracy", "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",

@@ -131,10 +131,39 @@ def default_unlearning_layers(model: nn.Module) -> list[str]:
     The paper edits the last stage / last blocks (Murti & Bhattacharyya 2024, Sec. 5). On a residual network
     masking early layers removes channels of the residual stream that every later class needs: on ResNet-20
     (option B, digits) masking 20% of every layer left remaining accuracy at 0.33. Examples: ResNet-20 ->
-    the 7 convolutions of ``layer3``; VGG-11 -> its last 3 convolutions.
+    the 7 convolutions of ``layer3``; VGG-11 -> its last 3 convolutions. In a transformer encoder
+    (:class:`torch.nn.MultiheadAttention` or ViT-style attention) only FFN hidden neurons are candidates: the
+    attention's own projections are skipped, and so is every Linear writing the residual stream (output width equal
+    to the attention's), for the same reason as on ResNet.
     """
     names = list(prunable_layers(model, heads=False))
+    mha = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    if mha:
+        modules = dict(model.named_modules())
+        inside = {id(c) for m in mha for c in m.modules()}
+        stream = {m.embed_dim for m in mha}
+        names = [n for n in names if id(modules[n]) not in inside
+                 and not (isinstance(modules[n], nn.Linear) and modules[n].out_features in stream)]
     return names[len(names) - math.ceil(len(names) / 3):]
+
+
+def maskable_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """The layers DISCEDIT-U masks: :func:`~lightning_edit.discedit.prunable_layers` without attention heads.
+
+    Raises:
+        ValueError: as :func:`~lightning_edit.discedit.prunable_layers`, and for a projection inside a
+            :class:`torch.nn.MultiheadAttention` (its ``out_proj``), which the module computes with its own fused
+            weights and cannot be masked as a layer (the message names it and what to choose instead).
+    """
+    layers = prunable_layers(model, patterns, heads=False)
+    inside = {id(c): n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()}
+    bad = {n: inside[id(m)] for n, m in layers.items() if id(m) in inside}
+    if bad:
+        raise ValueError(
+            f"Layer(s) {list(bad)} belong to nn.MultiheadAttention module(s) {sorted(set(bad.values()))}, which compute "
+            "them with fused weights: they cannot be masked as layers. Choose the FFN layers (e.g. "
+            "'*.linear1'), or layers='auto'.")
+    return layers
 
 
 def _output_module(model: nn.Module, layer: nn.Module, example_input: Tensor, dg: tp.DependencyGraph) -> nn.Module:
@@ -192,9 +221,12 @@ def mask_until_forgotten(
         picked = select_components(scores, grid[i], scope)
         handles = []
         for name, idx in picked.items():
-            def hook(module, args, out, idx=idx):
-                out = out.clone()
-                out[:, idx.to(out.device)] = 0
+            def hook(module, args, out, idx=idx, last=isinstance(outputs[name], nn.Linear)):
+                out = out.clone()  # channels: dim 1 of (N, C, ...), the last dim of a Linear's (N, ..., C)
+                if last:
+                    out[..., idx.to(out.device)] = 0
+                else:
+                    out[:, idx.to(out.device)] = 0
                 return out
             handles.append(outputs[name].register_forward_hook(hook))
         was_training = model.training
@@ -388,7 +420,7 @@ def unlearn(
             num_classes = edited(example).shape[-1]
         edited.train(was_training)
     classes = check_forget_classes(forget_classes, num_classes)
-    chosen = prunable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers, heads=False)
+    chosen = maskable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers)
     calibration = [first, *batches]
     scores = unlearning_component_scores(
         edited, chosen, classes, importance, calibration, num_classes, witness,

@@ -234,3 +234,35 @@ def test_unlearning_defaults_leave_heads_and_the_residual_stream_alone():
     from lightning_edit.discedit import default_unlearning_layers
 
     assert default_unlearning_layers(UserViT(depth=3)) == ["blocks.2.fc1"]
+
+
+def test_transformer_encoder_forgets_a_class_through_the_callback_and_reloads(tmp_path):
+    """DISCEDIT-U on nn.TransformerEncoder runs through the callback (it used to crash inside torch-pruning on
+    MultiheadAttention's out_proj): FFN neurons of the last layer are masked, held through fine-tuning, and reload.
+    Masking them alone does not forget (0.81 -> 0.63 at max_ratio=0.5: the residual stream bypasses the FFN); the
+    fine-tuning epoch does. Measured, not asserted as a method property: see issue 25."""
+    from lightning_edit.callbacks import DiscEditUnlearning
+    from lightning_edit.discedit import default_unlearning_layers
+
+    assert default_unlearning_layers(Encoder()) == ["encoder.layers.1.linear1"]
+    L.seed_everything(0)
+    module = ClassifierModule(Encoder(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    dm = DigitsDataModule(batch_size=64)
+    make_trainer(tmp_path / "train", max_epochs=6).fit(module, datamodule=dm)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cb = DiscEditUnlearning([3], unlearn_epoch="start", finetune_epochs=1, plot=False)
+    make_trainer(tmp_path, [cb, ckpt], max_epochs=1, enable_checkpointing=True).fit(module, datamodule=dm)
+    assert cb.report["forget_acc_before"] > 0.8 and cb.report["forget_acc_after_ft"] <= 0.1
+    masked = cb.report["masked"]["model.encoder.layers.1.linear1"]
+    assert len(masked) == 32 and torch.all(module.model.encoder.layers[1].linear1.weight[masked] == 0)
+    x = dm.test_set.x
+    module.eval()
+    reloaded = ClassifierModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", model=Encoder()).eval()
+    torch.testing.assert_close(reloaded(x), module(x), rtol=0, atol=0)
+
+
+def test_multihead_attention_projection_named_for_unlearning_is_a_clear_error():
+    from lightning_edit.discedit import maskable_layers
+
+    with pytest.raises(ValueError, match="belong to nn.MultiheadAttention.*linear1"):
+        maskable_layers(Encoder(), ["encoder.layers.1.self_attn.out_proj"])
