@@ -96,14 +96,14 @@ def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None, hea
     """
     attention = {n: m for n, m in model.named_modules() if is_head_attention(m)} if heads else {}
     candidates = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) or n in attention}
+    all_attention = [m for _, m in attention_items(model)]
     if patterns is None:
-        linears = [n for n, m in candidates.items() if n not in attention]
-        layers = {n: candidates[n] for n in [*linears[:-1], *attention]}
-        all_attention = [m for m in model.modules() if is_head_attention(m)]
+        linears = [n for n in candidates if n not in attention]
+        keep = {*linears[:-1], *attention}
         inner = {id(m.qkv) for m in all_attention} | {id(m.proj) for m in all_attention}
-        stream = {m.qkv.in_features for m in all_attention}
-        layers = {n: m for n, m in candidates.items() if n in layers and id(m) not in inner
-                  and (n in attention or not stream or _out_width(m) not in stream)}
+        stream = {m.qkv.in_features for m in all_attention}  # the residual width
+        layers = {n: m for n, m in candidates.items() if n in keep and id(m) not in inner
+                  and (n in attention or _out_width(m) not in stream)}
     else:
         layers = {n: m for n, m in candidates.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
     if not layers:
@@ -111,7 +111,7 @@ def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None, hea
             f"No prunable layer found (patterns={patterns}). Conv2d/Linear layers in the model: "
             f"{list(candidates) or 'none'}; the last one is the classifier output and is never pruned by default."
         )
-    owners = {id(m.qkv): n for n, m in attention_items(model)} | {id(m.proj): n for n, m in attention_items(model)}
+    owners = {id(p): n for n, m in attention_items(model) for p in (m.qkv, m.proj)}
     inside = {n: owners[id(m)] for n, m in layers.items() if id(m) in owners}
     if inside:
         raise ValueError(
