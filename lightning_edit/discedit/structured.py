@@ -96,8 +96,8 @@ def prunable_layers(model: nn.Module, patterns: Sequence[str] | None = None, hea
     """
     attention = {n: m for n, m in model.named_modules() if is_head_attention(m)} if heads else {}
     candidates = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) or n in attention}
-    all_attention = [m for _, m in attention_items(model)]
     if patterns is None:
+        all_attention = [m for _, m in attention_items(model)]  # every one, whether or not its heads are selected
         linears = [n for n in candidates if n not in attention]
         keep = {*linears[:-1], *attention}
         inner = {id(m.qkv) for m in all_attention} | {id(m.proj) for m in all_attention}

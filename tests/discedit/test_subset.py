@@ -62,7 +62,7 @@ def test_prune_channels_specialises_and_reloads(trained_digits, importance):
     layers = prunable_layers(model)
     data = batches(dm)
     scores = channel_scores(model, layers, importance, data, 10, classes=CLASSES, example_input=data[0][0][:1])
-    prune_channels(model, data[0][0][:1], scores, 0.5, layers, classes=CLASSES, recalibration_batches=data)
+    prune_channels(model, data[0][0][:1], scores, 0.3, layers, classes=CLASSES, recalibration_batches=data)
     x, y = next(subset_batches([(dm.test_set.x, dm.test_set.y)], CLASSES))
     model.eval()
     out = model(x)
