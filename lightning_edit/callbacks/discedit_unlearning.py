@@ -39,13 +39,16 @@ from lightning_edit.discedit.scores import check_discedit_options, check_random_
 from lightning_edit.discedit.structured import enable_edit_reload
 from lightning_edit.discedit.unlearn import (
     check_forget_classes,
+    coupled_writers,
     default_unlearning_layers,
+    expand_coupled,
     forget_retain_accuracy,
     maskable_layers,
     mask_components,
     mask_until_forgotten,
     resolve_masking,
     select_components,
+    tie_coupled_scores,
     unlearning_component_scores,
 )
 
@@ -69,7 +72,8 @@ class DiscEditUnlearning(Callback):
     ``finetune_epochs`` and training stops. ``unlearn_epoch=None`` edits at the end of fit, after the last
     checkpoint: the edited model is in memory only (use ``"start"`` to get it checkpointed).
 
-    Logged (``unlearn/...``): ``ratio`` (fixed or found), ``calibration_forget_acc`` (``ratio="auto"``),
+    Logged (``unlearn/...``): ``ratio`` (fixed or found), ``calibration_forget_acc`` and ``calibration_remaining_acc``
+    (``ratio="auto"``),
     ``forget_acc_before``, ``forget_acc_after``, ``retain_acc_before``, ``retain_acc_after``, ``FA`` (drop of
     forget-class accuracy, points of accuracy in [0, 1]), ``RA`` (drop of remaining-class accuracy),
     ``fraction_masked``; after fine-tuning the same with ``_ft``. Accuracies are macro averages of torchmetrics per-class accuracy on the validation loader.
@@ -95,9 +99,15 @@ class DiscEditUnlearning(Callback):
             blocks); None: every Conv2d/Linear except the classifier.
         scope: see ``ratio``.
         calibration_batches, calibration_source: which batches give the moments (must contain the forget classes).
-        recalibrate_bn: after masking, reset and re-estimate every BatchNorm's running statistics on
-            ``calibration_batches`` batches of the calibration loader (all classes; averaged across DDP ranks). Off by
-            default (the paper does not); a model without BatchNorm: nothing to do (said in the log).
+        recalibrate_bn: measure each candidate ratio with BatchNorm statistics re-estimated under its mask, and after
+            masking reset and re-estimate every BatchNorm's running statistics on ``calibration_batches`` batches of
+            the calibration loader (all classes; averaged across DDP ranks). On by default: without it much of the
+            forgetting on a BatchNorm network comes from stale statistics and returns as soon as training updates
+            them (:func:`~lightning_edit.discedit.mask_until_forgotten`). False: the paper's procedure. A model
+            without BatchNorm: nothing to do.
+        coupled: mask a channel in every layer that writes it (a residual stream's writers,
+            :func:`~lightning_edit.discedit.coupled_writers`), so it leaves the stream; False: each layer picks its own
+            channels (the paper).
         evaluate: measure per-class accuracy on the validation loader before and after.
         inputs_targets: ``batch -> (inputs, class_indices)``.
         plot: save the per-class accuracy plot (it needs the accuracies: none with ``evaluate=False``, which says so).
@@ -136,7 +146,8 @@ class DiscEditUnlearning(Callback):
         scope: Literal["layer", "global"] = "layer",
         calibration_batches: int | None = 16,
         calibration_source: Literal["train", "val"] = "train",
-        recalibrate_bn: bool = False,
+        recalibrate_bn: bool = True,
+        coupled: bool = True,
         evaluate: bool = True,
         inputs_targets: InputsTargets | None = None,
         plot: bool = True,
@@ -170,7 +181,7 @@ class DiscEditUnlearning(Callback):
         self.witness, self.importance, self.layer_patterns = witness, importance, layers
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
-        self.recalibrate_bn = recalibrate_bn
+        self.recalibrate_bn, self.coupled = recalibrate_bn, coupled
         self._inputs_targets = inputs_targets or default_inputs_targets
         self.num_classes: int | None = None
         self.input_shape: list[int] | None = None
@@ -275,16 +286,21 @@ class DiscEditUnlearning(Callback):
                 stage_loader(trainer, self.calibration_source), self.get_inputs_targets, device, self.calibration_batches
             ))
             reduce_sum = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+            reduce_mean = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
+            example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+            if self.coupled:
+                layers = expand_coupled(pl_module, layers, example)
             scores = unlearning_component_scores(
                 pl_module, layers, self.forget_classes, self.importance, batches, self.num_classes, self.witness,
                 reduce_sum=reduce_sum, generator=torch.Generator().manual_seed(self.seed),
             )
-            example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+            if self.coupled:
+                scores = tie_coupled_scores(scores, coupled_writers(pl_module, layers, example))
             if self.forget_target is not None:
-                picked, ratio, calib_acc = mask_until_forgotten(
+                picked, ratio, calib_acc, calib_remaining = mask_until_forgotten(
                     pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,
-                    self.max_ratio, self.scope, reduce_sum)
-                search = {"ratio": ratio, "calibration_forget_acc": calib_acc}
+                    self.max_ratio, self.scope, reduce_sum, recalibrate=self.recalibrate_bn, reduce_mean=reduce_mean)
+                search = {"ratio": ratio, "calibration_forget_acc": calib_acc, "calibration_remaining_acc": calib_remaining}
                 if calib_acc > self.forget_target:
                     rank_zero_warn(f"DiscEditUnlearning: masking max_ratio={self.max_ratio} of the components leaves the "
                                    f"forget classes at accuracy {calib_acc:.3f} on the calibration data, above "
@@ -297,10 +313,7 @@ class DiscEditUnlearning(Callback):
                 search = {"ratio": self.fixed_ratio}
             masked = mask_components(pl_module, layers, picked, example)
             if self.recalibrate_bn:
-                count = recalibrate_batchnorm(pl_module, batches,
-                                              reduce_mean=lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
-                if count == 0:
-                    rank_zero_info("DiscEditUnlearning: the model has no BatchNorm layer; recalibrate_bn has nothing to do.")
+                recalibrate_batchnorm(pl_module, batches, reduce_mean=reduce_mean)
         total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
         self.done_epoch = trainer.current_epoch
         self._forget = torch.tensor(self.forget_classes, device=device)
@@ -330,8 +343,9 @@ class DiscEditUnlearning(Callback):
         metrics = {"unlearn/fraction_masked": float(self.report["fraction_masked"])}
         if self.report.get("ratio") is not None:
             metrics["unlearn/ratio"] = float(self.report["ratio"])
-        if self.report.get("calibration_forget_acc") is not None:
-            metrics["unlearn/calibration_forget_acc"] = float(self.report["calibration_forget_acc"])
+        for key in ("calibration_forget_acc", "calibration_remaining_acc"):
+            if self.report.get(key) is not None:
+                metrics[f"unlearn/{key}"] = float(self.report[key])
         self.report[f"per_class_after{suffix}"] = after.tolist() if after is not None else None
         if after is not None and self.report["per_class_before"] is not None:
             f0, r0 = forget_retain_accuracy(torch.tensor(self.report["per_class_before"]), self.forget_classes)

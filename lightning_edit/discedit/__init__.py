@@ -71,6 +71,10 @@ from lightning_edit.discedit.unlearn import (
     mask_components,
     maskable_layers,
     mask_until_forgotten,
+    masked_accuracies,
+    coupled_writers,
+    expand_coupled,
+    tie_coupled_scores,
     select_components,
     unlearn,
     unlearning_component_scores,
@@ -86,6 +90,7 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten", "maskable_layers",
+    "masked_accuracies", "coupled_writers", "expand_coupled", "tie_coupled_scores",
     "CANDIDATES", "DEFAULT_CANDIDATES", "SelectionReport", "check_candidates", "prune_with", "select_and_prune",
     "selection_accuracy", "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",
