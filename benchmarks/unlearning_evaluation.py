@@ -1,0 +1,229 @@
+"""Benchmark: class unlearning measured the way the unlearning literature asks, DISCEDIT-U against its baselines.
+
+For every seed (a freshly trained network) and every forget class, each arm edits the same trained network and is
+measured on the same data:
+
+- ``DISCEDIT-U``: ``unlearn()`` at its defaults (no fine-tuning);
+- ``DISCEDIT-U (paper)``: the paper's procedure, ``recalibrate=False, coupled=False`` (the defaults before this
+  benchmark);
+- ``DISCEDIT-U + FT``: the defaults, then one fine-tuning epoch on the remaining data;
+- ``retain-FT``: one fine-tuning epoch on the remaining data, nothing masked;
+- ``NegGrad+`` / ``random labels`` / ``SalUn``: :mod:`lightning_edit.unlearning` baselines, one epoch over the same
+  remaining data paired with the forget samples;
+- ``retrain``: the same network trained from scratch without the class, same recipe (the gold standard).
+
+Metrics: FA and RA (test accuracy on the forgotten / remaining classes, points), MIA efficacy (share of the forgotten
+training samples an SVC on the true-class confidence calls non-members; members: remaining-class training images,
+non-members: held-out validation images), relearn steps (full-batch Adam steps on 32 forget training images until
+half of the held-out forget images are right again; ``>N`` when not reached), durability (forget accuracy after
+``--durability-epochs`` epochs of training on remaining data), and edit seconds. Fine-tuning steps share one budget:
+``--ft-images`` remaining training images per epoch, Adam at ``--ft-lr``.
+
+    python benchmarks/unlearning_evaluation.py --arch resnet20 --seeds 3 --classes 0 3 8
+    python benchmarks/unlearning_evaluation.py --arch rescnn_digits   # a user's residual CNN, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from _common import RESULTS, datamodule, vgg, write_results
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_edit import ClassifierModule
+from lightning_edit.data import DigitsDataModule
+from lightning_edit.discedit import unlearn
+from lightning_edit.models import resnet20
+from lightning_edit.unlearning import (
+    durability,
+    forget_remaining_accuracy,
+    mia_efficacy,
+    neggrad_plus,
+    random_labels,
+    relearn_steps,
+    salun,
+    subsample,
+)
+
+ARMS = ("DISCEDIT-U", "DISCEDIT-U (paper)", "DISCEDIT-U + FT", "retain-FT", "NegGrad+", "random labels", "SalUn",
+        "retrain")
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.short = (nn.Identity() if cin == cout and stride == 1
+                      else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.short(x))
+
+
+class ResCNN(nn.Module):
+    """A user's own residual CNN (not a package model): stem, 3 residual blocks, pool, linear head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.b1, self.b2, self.b3 = Block(16, 16), Block(16, 32, 2), Block(32, 32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.b3(self.b2(self.b1(self.stem(x)))), 1).flatten(1))
+
+
+def fit(module, x, y, epochs: int, batch_size: int) -> float:
+    t0 = time.perf_counter()
+    L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+              enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0).fit(
+        module, DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True))
+    return time.perf_counter() - t0
+
+
+def batches(x, y, size):
+    return list(zip(x.split(size), y.split(size)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=["resnet20", "vgg11", "rescnn_digits"], default="resnet20")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 3, 8])
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; 10 for digits)")
+    ap.add_argument("--train-subset", type=int, default=20000)
+    ap.add_argument("--ft-images", type=int, default=4000)
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--relearn-max-steps", type=int, default=50)
+    ap.add_argument("--durability-epochs", type=int, default=2)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out or RESULTS / f"unlearning_evaluation_{args.arch}")
+    digits = args.arch == "rescnn_digits"
+    epochs = args.epochs or (10 if digits else 3)
+    bs = 64 if digits else 128
+    if digits:
+        dm, side = DigitsDataModule(batch_size=bs), 8
+    else:
+        dm, side = datamodule(batch_size=bs, train_subset=args.train_subset)
+    dm.setup()
+    xt, yt = dm.train_set.x, dm.train_set.y
+    xv, yv = dm.val_set.x, dm.val_set.y
+    xs, ys = dm.test_set.x, dm.test_set.y
+
+    def network():
+        if args.arch == "resnet20":
+            return resnet20(in_channels=1, num_classes=10)
+        return vgg(side) if args.arch == "vgg11" else ResCNN()
+
+    opt = functools.partial(torch.optim.Adam, lr=2e-3 if not digits else 3e-3)
+    ft_opt = functools.partial(torch.optim.Adam, lr=args.ft_lr)
+    rows = []
+    for seed in range(args.seeds):
+        L.seed_everything(seed, verbose=False)
+        base = ClassifierModule(network(), optimizer=opt)
+        train_s = fit(base, xt, yt, epochs, bs)
+        base.eval()
+        calib = batches(xt[: 16 * bs], yt[: 16 * bs], bs)
+        print(f"seed {seed}: trained {args.arch} in {train_s:.0f} s", flush=True)
+        for c in args.classes:
+            gen = torch.Generator().manual_seed(seed)
+            rem_x, rem_y = subsample((xt, yt), [c], exclude=True)
+            ft = batches(*subsample((rem_x, rem_y), [c], args.ft_images, exclude=True, generator=gen), bs)
+            forget_train = subsample((xt, yt), [c])
+            forget_b = batches(*forget_train, bs)
+            members = subsample((xt, yt), [c], 2000, exclude=True, generator=gen)
+            non_members = subsample((xv, yv), [c], 2000, exclude=True, generator=gen)
+            relearn_x = subsample((xt, yt), [c], 32, generator=gen)
+            forget_val = subsample((xv, yv), [c])
+            f0, r0 = forget_remaining_accuracy(base, (xs, ys), [c])
+            for arm in args.arms:
+                L.seed_everything(seed, verbose=False)
+                row = {"seed": seed, "class": c, "arm": arm, "base_forget_acc": f0, "base_remaining_acc": r0}
+                t0 = time.perf_counter()
+                if arm.startswith("DISCEDIT-U"):
+                    kwargs = dict(recalibrate=False, coupled=False) if arm.endswith("(paper)") else {}
+                    edited, rep = unlearn(base, calib, [c], **kwargs)
+                    row.update(ratio=rep.ratio, fraction_masked=rep.fraction_masked)
+                    if arm.endswith("FT"):
+                        module = ClassifierModule(edited, optimizer=ft_opt)
+                        fit(module, torch.cat([b[0] for b in ft]), torch.cat([b[1] for b in ft]), 1, bs)
+                        edited = module.model
+                    model = edited
+                elif arm == "retain-FT":
+                    module = ClassifierModule(copy.deepcopy(base.model), optimizer=ft_opt)
+                    fit(module, torch.cat([b[0] for b in ft]), torch.cat([b[1] for b in ft]), 1, bs)
+                    model = module.model
+                elif arm == "NegGrad+":
+                    model = neggrad_plus(base.model, forget_b, ft, lr=args.ft_lr)
+                elif arm == "random labels":
+                    model = random_labels(base.model, forget_b, ft, 10, lr=args.ft_lr, seed=seed)
+                elif arm == "SalUn":
+                    model = salun(base.model, forget_b, ft, 10, lr=args.ft_lr, seed=seed)
+                else:
+                    module = ClassifierModule(network(), optimizer=opt)
+                    fit(module, rem_x, rem_y, epochs, bs)
+                    model = module.model
+                row["seconds"] = time.perf_counter() - t0
+                model.eval()
+                f1, r1 = forget_remaining_accuracy(model, (xs, ys), [c])
+                row.update(forget_acc=f1, remaining_acc=r1, FA=f0 - f1, RA=r0 - r1)
+                row["mia_efficacy"] = mia_efficacy(model, members, non_members, forget_train, seed=seed)
+                row["relearn_steps"] = relearn_steps(model, relearn_x, forget_val, [c],
+                                                     max_steps=args.relearn_max_steps, lr=args.ft_lr)
+                row["durability"] = durability(model, ft, forget_val, [c], epochs=args.durability_epochs,
+                                               lr=args.ft_lr)[-1]
+                rows.append(row)
+                print(f"  class {c} {arm:<19} forget {f1:.3f} (FA {100 * (f0 - f1):5.1f}) RA {100 * (r0 - r1):5.1f} "
+                      f"MIA {row['mia_efficacy']:.2f} relearn {row['relearn_steps']} durability {row['durability']:.3f} "
+                      f"masked {row.get('fraction_masked', float('nan')):.2f} ({row['seconds']:.1f} s)", flush=True)
+    summarise(rows, args, out)
+
+
+def summarise(rows, args, out: Path) -> None:
+    def ms(vals, scale=1.0, digits=1):
+        vals = [scale * v for v in vals if v is not None]
+        if not vals:
+            return "—"
+        return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.{digits}f}"
+
+    cap = args.relearn_max_steps
+    lines = [f"{args.arch}: {args.seeds} seeds × forget classes {args.classes}; mean ± std over the "
+             f"{args.seeds * len(args.classes)} (seed, class) pairs. FA = drop of forget-class test accuracy, RA = drop "
+             "of remaining-class test accuracy (points); 'FA≤5 & RA≤2' counts pairs whose forget accuracy is at most 5% "
+             f"with RA at most 2 points; relearn steps capped at {cap} (counted as {cap + 1}).", "",
+             "| arm | forget acc (%) | RA (points) | FA≤5 & RA≤2 | MIA efficacy | relearn steps | durability forget acc (%) "
+             "| weights masked | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for arm in args.arms:
+        sel = [r for r in rows if r["arm"] == arm]
+        if not sel:
+            continue
+        ok = sum(r["forget_acc"] <= 0.05 and r["RA"] <= 0.02 for r in sel)
+        relearn = [r["relearn_steps"] if r["relearn_steps"] is not None else cap + 1 for r in sel]
+        summary[arm] = {
+            "forget_acc": ms([r["forget_acc"] for r in sel], 100), "RA": ms([r["RA"] for r in sel], 100),
+            "meets_target": f"{ok}/{len(sel)}", "mia_efficacy": ms([r["mia_efficacy"] for r in sel], 1, 2),
+            "relearn_steps": ms(relearn, 1, 1), "durability": ms([r["durability"] for r in sel], 100),
+            "fraction_masked": ms([r.get("fraction_masked") for r in sel], 1, 2),
+            "seconds": ms([r["seconds"] for r in sel], 1, 1)}
+        s = summary[arm]
+        lines.append(f"| {arm} | {s['forget_acc']} | {s['RA']} | {s['meets_target']} | {s['mia_efficacy']} | "
+                     f"{s['relearn_steps']} | {s['durability']} | {s['fraction_masked']} | {s['seconds']} |")
+    write_results(out, "\n".join(lines), {"settings": vars(args), "summary": summary, "rows": rows}, quiet=False)
+
+
+if __name__ == "__main__":
+    main()
