@@ -112,6 +112,13 @@ class DiscEditUnlearning(Callback):
         inputs_targets: ``batch -> (inputs, class_indices)``.
         plot: save the per-class accuracy plot (it needs the accuracies: none with ``evaluate=False``, which says so).
         seed: seed of the random baseline.
+        privacy_metrics: after the edit (and after fine-tuning) also measure and log ``unlearn/mia_efficacy`` (the
+            share of the calibration batches' forget-class training samples that a membership-inference attack
+            calls non-members; members: their remaining-class samples; non-members: validation samples;
+            :func:`~lightning_edit.unlearning.mia_efficacy`), ``unlearn/relearn_steps`` (Adam steps on 32 of those
+            forget samples until half of the validation forget samples are right again, at most 100; -1 if never;
+            :func:`~lightning_edit.unlearning.relearn_steps`) and their cost ``unlearn/privacy_seconds``. Each rank
+            measures its own shard. Needs a validation loader with remaining- and forget-class samples.
 
     Raises:
         ValueError: at construction for an empty class list, a ratio neither ``"auto"`` nor in (0, 1),
@@ -154,6 +161,7 @@ class DiscEditUnlearning(Callback):
         seed: int = 0,
         forget_target: float | None = None,
         max_ratio: float | None = None,
+        privacy_metrics: bool = False,
     ) -> None:
         if not forget_classes:
             raise ValueError("forget_classes is empty; name at least one class index to forget.")
@@ -182,6 +190,8 @@ class DiscEditUnlearning(Callback):
         self.calibration_batches, self.calibration_source = calibration_batches, calibration_source
         self.evaluate, self.plot, self.seed = evaluate, plot, seed
         self.recalibrate_bn, self.coupled = recalibrate_bn, coupled
+        self.privacy_metrics = privacy_metrics
+        self._privacy_data: tuple | None = None
         self._inputs_targets = inputs_targets or default_inputs_targets
         self.num_classes: int | None = None
         self.input_shape: list[int] | None = None
@@ -311,6 +321,8 @@ class DiscEditUnlearning(Callback):
             else:
                 picked = select_components(scores, self.fixed_ratio, self.scope, self.std_threshold)
                 search = {"ratio": self.fixed_ratio}
+            if self.privacy_metrics:
+                self._privacy_data = self._collect_privacy_data(trainer, batches)
             masked = mask_components(pl_module, layers, picked, example)
             if self.recalibrate_bn:
                 recalibrate_batchnorm(pl_module, batches, reduce_mean=reduce_mean)
@@ -358,7 +370,39 @@ class DiscEditUnlearning(Callback):
                 f"DISCEDIT-U{' after fine-tuning' if suffix else ''}: forget acc {f0:.4f} -> {f1:.4f} (FA {f0 - f1:.4f}), "
                 f"remaining acc {r0:.4f} -> {r1:.4f} (RA {r0 - r1:.4f}), weights masked {self.report['fraction_masked']:.1%}"
             )
+        if self._privacy_data is not None:
+            metrics.update(self._privacy(pl_module, suffix))
         log_metrics(trainer, pl_module, metrics, in_loop)
+
+    def _collect_privacy_data(self, trainer: L.Trainer, batches: list[tuple[Tensor, Tensor]]) -> tuple:
+        from lightning_edit.unlearning import subsample
+
+        x = torch.cat([b[0] for b in batches]).cpu()
+        y = torch.cat([b[1] for b in batches]).cpu()
+        val = [(a.cpu(), b.cpu()) for a, b in device_batches(stage_loader(trainer, "val"), self.get_inputs_targets,
+                                                              torch.device("cpu"), None)] if stage_loader(trainer, "val") is not None else []
+        if not val:
+            raise ValueError("DiscEditUnlearning(privacy_metrics=True) needs a validation loader (its non-members and "
+                             "held-out forget samples); add one or set privacy_metrics=False.")
+        xv, yv = torch.cat([b[0] for b in val]), torch.cat([b[1] for b in val])
+        gen = torch.Generator().manual_seed(self.seed)
+        return (subsample((x, y), self.forget_classes, exclude=True), subsample((xv, yv), self.forget_classes, exclude=True),
+                subsample((x, y), self.forget_classes), subsample((x, y), self.forget_classes, 32, generator=gen),
+                subsample((xv, yv), self.forget_classes))
+
+    def _privacy(self, pl_module: L.LightningModule, suffix: str) -> dict[str, float]:
+        import time
+
+        from lightning_edit.unlearning import mia_efficacy, relearn_steps
+
+        t0 = time.perf_counter()
+        members, non_members, forgotten, relearn_from, forget_val = self._privacy_data
+        mia = mia_efficacy(pl_module, members, non_members, forgotten, seed=self.seed)
+        steps = relearn_steps(pl_module, relearn_from, forget_val, self.forget_classes, max_steps=100)
+        values = {f"mia_efficacy{suffix}": mia, f"relearn_steps{suffix}": float(-1 if steps is None else steps),
+                  f"privacy_seconds{suffix}": time.perf_counter() - t0}
+        self.report.update(values)
+        return {f"unlearn/{k}": v for k, v in values.items()}
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:

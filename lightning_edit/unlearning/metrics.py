@@ -10,7 +10,6 @@ the model retrained without the class, the gold standard.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -33,8 +32,39 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class _Detached:
+    """A trainable copy of a module's parameters and buffers, run through the module with :func:`torch.func.functional_call`.
+
+    The module itself is never changed (no deep copy either: a LightningModule attached to a Trainer copies badly).
+    ``torch.nn.utils.prune`` masks stay in force: their hooks recompute ``weight`` from the copied ``weight_orig``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.params = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        # pruning hooks write `weight` as a plain attribute at every forward: put the module's own back afterwards
+        self.masked = [(m, n[: -len("_mask")]) for m in model.modules() for n, _ in m.named_buffers(recurse=False)
+                       if n.endswith("_mask") and hasattr(m, n[: -len("_mask")] + "_orig")]
+
+    def __call__(self, x: Tensor, train: bool = False) -> Tensor:
+        was_training = self.model.training
+        saved = [getattr(m, n) for m, n in self.masked]
+        self.model.train(train)
+        try:
+            return torch.func.functional_call(self.model, {**self.params, **self.buffers}, (x,))
+        finally:
+            self.model.train(was_training)
+            for (m, n), value in zip(self.masked, saved):
+                setattr(m, n, value)
+
+    def trainable(self) -> list[Tensor]:
+        return [p for p in self.params.values() if p.requires_grad]
+
+
 @torch.no_grad()
-def predictions(model: nn.Module, data: Batches | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def predictions(model: nn.Module, data: Batches | tuple[Tensor, Tensor], _copy: _Detached | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Eval-mode softmax probabilities ``(N, K)`` and targets ``(N,)`` of ``data`` (batches or an ``(x, y)`` pair), on CPU.
 
     The model's training mode is restored afterwards; inputs are moved to the model's device.
@@ -42,10 +72,11 @@ def predictions(model: nn.Module, data: Batches | tuple[Tensor, Tensor]) -> tupl
     was_training = model.training
     model.eval()
     device = _device(model)
+    run = (lambda x: _copy(x)) if _copy is not None else model
     try:
         probs, targets = [], []
         for x, y in _as_batches(data):
-            probs.append(F.softmax(model(x.to(device)).float(), -1).cpu())
+            probs.append(F.softmax(run(x.to(device)).float(), -1).cpu())
             targets.append(y.cpu())
     finally:
         model.train(was_training)
@@ -138,7 +169,7 @@ def relearn_steps(
 ) -> int | None:
     """Relearn time: full-batch steps on a few forget-class samples until forget accuracy on held-out ones reaches ``target``.
 
-    A copy of ``model`` is trained (train mode, cross-entropy, Adam at ``lr`` unless ``optimizer`` is given) on
+    A copy of ``model``'s parameters and buffers is trained (:func:`torch.func.functional_call`, train mode, cross-entropy, Adam at ``lr`` unless ``optimizer`` is given) on
     ``forget_samples`` (e.g. 32 training images of the forgotten class); after each step its accuracy on
     ``forget_eval`` (held-out images of the class, eval mode) is measured. Masks from ``torch.nn.utils.prune`` stay in
     force, as in the edited model. The retrained model's relearn time is the reference: an edit that only hides a
@@ -161,23 +192,22 @@ def relearn_steps(
     """
     if not 0.0 < target <= 1.0 or max_steps < 1:
         raise ValueError(f"Need 0 < target <= 1 and max_steps >= 1, got target={target}, max_steps={max_steps}.")
-    student = copy.deepcopy(model)
-    device = _device(student)
+    student = _Detached(model)
+    device = _device(model)
     x, y = forget_samples[0].to(device), forget_samples[1].to(device)
-    opt = (optimizer or (lambda p: torch.optim.Adam(p, lr=lr)))([p for p in student.parameters() if p.requires_grad])
+    opt = (optimizer or (lambda p: torch.optim.Adam(p, lr=lr)))(student.trainable())
     classes = torch.tensor(list(forget_classes))
 
     def accuracy() -> float:
-        probs, targets = predictions(student, forget_eval)
+        probs, targets = predictions(model, forget_eval, student)
         keep = torch.isin(targets, classes)
         return float((probs.argmax(-1)[keep] == targets[keep]).float().mean())
 
     if accuracy() >= target:
         return 0
     for step in range(1, max_steps + 1):
-        student.train()
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(student(x), y).backward()
+        F.cross_entropy(student(x, train=True), y).backward()
         opt.step()
         if accuracy() >= target:
             return step
@@ -195,7 +225,7 @@ def durability(
 ) -> list[float]:
     """Durability: forget accuracy after each of ``epochs`` epochs of ordinary training on the remaining classes.
 
-    A copy of ``model`` is trained with cross-entropy (Adam at ``lr`` unless ``optimizer`` is given) on
+    A copy of ``model``'s parameters and buffers is trained with cross-entropy (Adam at ``lr`` unless ``optimizer`` is given) on
     ``remaining_batches``; BatchNorm statistics update as in any training run. A forgetting that came from stale
     statistics or a hidden output returns here.
 
@@ -210,17 +240,16 @@ def durability(
     classes = torch.tensor(list(forget_classes))
     if any(torch.isin(y.cpu(), classes).any() for _, y in remaining_batches):
         raise ValueError("remaining_batches contain samples of the forget classes; filter them out first.")
-    student = copy.deepcopy(model)
-    device = _device(student)
-    opt = (optimizer or (lambda p: torch.optim.Adam(p, lr=lr)))([p for p in student.parameters() if p.requires_grad])
+    student = _Detached(model)
+    device = _device(model)
+    opt = (optimizer or (lambda p: torch.optim.Adam(p, lr=lr)))(student.trainable())
     out = []
     for _ in range(epochs):
-        student.train()
         for x, y in remaining_batches:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(student(x.to(device)), y.to(device)).backward()
+            F.cross_entropy(student(x.to(device), train=True), y.to(device)).backward()
             opt.step()
-        probs, targets = predictions(student, evaluation)
+        probs, targets = predictions(model, evaluation, student)
         keep = torch.isin(targets, classes)
         out.append(float((probs.argmax(-1)[keep] == targets[keep]).float().mean()))
     return out

@@ -137,3 +137,22 @@ def test_ddp_masks_the_same_components_as_one_process(tmp_path, fresh_ddp_env):
     single = _ddp_masks(tmp_path / "s", "auto", 1)
     ddp = _ddp_masks(tmp_path / "d", "ddp_spawn", 2, extra=(fresh_ddp_env,))
     assert all(single.values()) and ddp == single
+
+
+def test_forgetting_mid_training_lasts_through_the_finetuning_epoch(tmp_path):
+    """Issue 25: unlearning after epoch 2 of a user's residual CNN; the class must not come back while the unmasked
+    network keeps training (before: forget accuracy 0.02 -> 0.19 over the fine-tuning epoch, or no forgetting)."""
+    from tests.conftest import ResCNN
+
+    L.seed_everything(0)
+    m = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    cb = DiscEditUnlearning([3], unlearn_epoch=2, finetune_epochs=1, plot=False, privacy_metrics=True)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=10)
+    trainer.fit(m, datamodule=DigitsDataModule())
+    r = cb.report
+    assert r["forget_acc_before"] > 0.85
+    assert r["forget_acc_after"] <= 0.1 and r["forget_acc_after_ft"] <= 0.1, r
+    assert r["RA"] <= 0.02 and r["RA_ft"] <= 0.03
+    assert r["mia_efficacy"] > 0.9 and r["relearn_steps"] >= 1
+    for key in ("unlearn/mia_efficacy", "unlearn/relearn_steps_ft", "unlearn/privacy_seconds", "unlearn/calibration_remaining_acc"):
+        assert key in trainer.callback_metrics

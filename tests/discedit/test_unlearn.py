@@ -153,3 +153,43 @@ def test_masking_arguments_that_cannot_take_effect_are_errors(trained, kwargs, m
         unlearn(module, calib, [3], **kwargs)
     with pytest.raises(ValueError, match=match):
         DiscEditUnlearning([3], **kwargs)
+
+
+def _test_accuracy(model, dm, classes):
+    from lightning_edit.unlearning import forget_remaining_accuracy
+
+    return forget_remaining_accuracy(model, (dm.test_set.x, dm.test_set.y), classes)
+
+
+def test_residual_defaults_forget_and_the_forgetting_survives_new_batchnorm_statistics(trained_residual_digits):
+    """Issue 25: on a user's residual CNN with BatchNorm the defaults forget with RA within 2 points, no fine-tuning,
+    and the forgetting is in the features: re-estimating BatchNorm statistics (what any training epoch does) keeps it."""
+    from lightning_edit.discedit import recalibrate_batchnorm
+
+    module, dm = trained_residual_digits
+    x, y = dm.train_set.x, dm.train_set.y
+    calib = list(zip(x[:1024].split(64), y[:1024].split(64)))
+    f0, r0 = _test_accuracy(module, dm, [3])
+    edited, report = unlearn(module, calib, [3])
+    f1, r1 = _test_accuracy(edited, dm, [3])
+    assert f1 <= 0.05 and r0 - r1 <= 0.02, (f1, r0 - r1)
+    assert report.fraction_masked < 0.35 and report.calibration_remaining_accuracy > 0.97
+    assert set(report.masked["model.b3.conv2"]) == set(report.masked["model.b2.short.0"])  # one residual stream
+    recalibrate_batchnorm(edited, [b[0] for b in zip(x.split(64))][:20])
+    assert _test_accuracy(edited, dm, [3])[0] <= 0.05
+    # the paper's procedure (statistics left stale, writers masked apart) masks half the components and its
+    # forgetting does not survive: what this test guards against
+    paper, _ = unlearn(module, calib, [3], recalibrate=False, coupled=False)
+    recalibrate_batchnorm(paper, [b[0] for b in zip(x.split(64))][:20])
+    assert _test_accuracy(paper, dm, [3])[0] > 0.5
+
+
+def test_coupled_writers_of_a_residual_stage():
+    from lightning_edit.discedit import coupled_writers, maskable_layers
+    from lightning_edit.models import resnet20
+
+    model = resnet20(in_channels=1)
+    layers = maskable_layers(model, ["layer3.2.conv1", "layer3.2.conv2"])
+    writers = coupled_writers(model, layers, torch.zeros(1, 1, 8, 8))
+    assert writers["layer3.2.conv1"] == ["layer3.2.conv1"]
+    assert writers["layer3.2.conv2"] == ["layer3.0.conv2", "layer3.0.shortcut.0", "layer3.1.conv2", "layer3.2.conv2"]
