@@ -8,7 +8,7 @@ import sys
 import zlib
 from pathlib import Path
 
-MODULES = ["callbacks", "discedit", "editable", "robust", "edit", "metanet", "data", "models"]
+MODULES = ["callbacks", "discedit", "unlearning", "editable", "robust", "edit", "metanet", "data", "models"]
 
 
 def documented(inventory: Path) -> set[str]:

@@ -13,10 +13,10 @@ measured on the same data:
 - ``retrain``: the same network trained from scratch without the class, same recipe (the gold standard).
 
 Metrics: FA and RA (test accuracy on the forgotten / remaining classes, points), MIA efficacy (share of the forgotten
-training samples an SVC on the true-class confidence calls non-members; members: remaining-class training images,
-non-members: held-out validation images), relearn steps (full-batch Adam steps on 32 forget training images until
-half of the held-out forget images are right again; ``>N`` when not reached), durability (forget accuracy after
-``--durability-epochs`` epochs of training on remaining data), and edit seconds. Fine-tuning steps share one budget:
+training samples an SVC on the true-class confidence calls non-members; members: 1,000 remaining-class training
+images, non-members: 1,000 held-out validation images), relearn steps (full-batch Adam steps on 32 forget training
+images until half of 256 held-out forget images are right again; capped at ``--relearn-max-steps``), durability (forget accuracy after
+``--durability-epochs`` epochs of training on ``--durability-images`` remaining training images), and edit seconds. Fine-tuning steps share one budget:
 ``--ft-images`` remaining training images per epoch, Adam at ``--ft-lr``.
 
     python benchmarks/unlearning_evaluation.py --arch resnet20 --seeds 3 --classes 0 3 8
@@ -104,11 +104,20 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=20000)
     ap.add_argument("--ft-images", type=int, default=4000)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
-    ap.add_argument("--relearn-max-steps", type=int, default=50)
+    ap.add_argument("--relearn-max-steps", type=int, default=30)
     ap.add_argument("--durability-epochs", type=int, default=2)
+    ap.add_argument("--durability-images", type=int, default=2000, help="remaining training images per durability epoch")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resummarise", default=None, metavar="DIR", help="only rewrite DIR's table and summary")
     args = ap.parse_args()
+    if args.resummarise:
+        import json
+
+        directory = Path(args.resummarise)
+        stored = json.loads((directory / "results.json").read_text())
+        summarise(stored["rows"], argparse.Namespace(**{**stored["settings"], "resummarise": None}), directory)
+        return
     torch.set_num_threads(2)
     out = Path(args.out or RESULTS / f"unlearning_evaluation_{args.arch}")
     digits = args.arch == "rescnn_digits"
@@ -144,10 +153,10 @@ def main() -> None:
             ft = batches(*subsample((rem_x, rem_y), [c], args.ft_images, exclude=True, generator=gen), bs)
             forget_train = subsample((xt, yt), [c])
             forget_b = batches(*forget_train, bs)
-            members = subsample((xt, yt), [c], 2000, exclude=True, generator=gen)
-            non_members = subsample((xv, yv), [c], 2000, exclude=True, generator=gen)
+            members = subsample((xt, yt), [c], 1000, exclude=True, generator=gen)
+            non_members = subsample((xv, yv), [c], 1000, exclude=True, generator=gen)
             relearn_x = subsample((xt, yt), [c], 32, generator=gen)
-            forget_val = subsample((xv, yv), [c])
+            forget_val = subsample((xv, yv), [c], 256, generator=gen)
             f0, r0 = forget_remaining_accuracy(base, (xs, ys), [c])
             for arm in args.arms:
                 L.seed_everything(seed, verbose=False)
@@ -183,13 +192,18 @@ def main() -> None:
                 row["mia_efficacy"] = mia_efficacy(model, members, non_members, forget_train, seed=seed)
                 row["relearn_steps"] = relearn_steps(model, relearn_x, forget_val, [c],
                                                      max_steps=args.relearn_max_steps, lr=args.ft_lr)
-                row["durability"] = durability(model, ft, forget_val, [c], epochs=args.durability_epochs,
-                                               lr=args.ft_lr)[-1]
+                row["durability"] = durability(model, ft[: max(1, args.durability_images // bs)], forget_val, [c],
+                                               epochs=args.durability_epochs, lr=args.ft_lr)[-1]
                 rows.append(row)
                 print(f"  class {c} {arm:<19} forget {f1:.3f} (FA {100 * (f0 - f1):5.1f}) RA {100 * (r0 - r1):5.1f} "
                       f"MIA {row['mia_efficacy']:.2f} relearn {row['relearn_steps']} durability {row['durability']:.3f} "
                       f"masked {row.get('fraction_masked', float('nan')):.2f} ({row['seconds']:.1f} s)", flush=True)
     summarise(rows, args, out)
+
+
+GAP_METRICS = {"forget_acc": "forget acc", "remaining_acc": "remaining acc", "mia_efficacy": "MIA efficacy",
+               "durability": "durability forget acc"}
+"""Metrics whose gap to retraining (points, per (seed, class) pair) is averaged, as in SalUn's summary."""
 
 
 def summarise(rows, args, out: Path) -> None:
@@ -200,29 +214,45 @@ def summarise(rows, args, out: Path) -> None:
         return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.{digits}f}"
 
     cap = args.relearn_max_steps
+    steps = lambda r: r["relearn_steps"] if r["relearn_steps"] is not None else cap + 1  # noqa: E731
+    retrain = {(r["seed"], r["class"]): r for r in rows if r["arm"] == "retrain"}
     lines = [f"{args.arch}: {args.seeds} seeds × forget classes {args.classes}; mean ± std over the "
              f"{args.seeds * len(args.classes)} (seed, class) pairs. FA = drop of forget-class test accuracy, RA = drop "
              "of remaining-class test accuracy (points); 'FA≤5 & RA≤2' counts pairs whose forget accuracy is at most 5% "
-             f"with RA at most 2 points; relearn steps capped at {cap} (counted as {cap + 1}).", "",
-             "| arm | forget acc (%) | RA (points) | FA≤5 & RA≤2 | MIA efficacy | relearn steps | durability forget acc (%) "
-             "| weights masked | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+             f"with RA at most 2 points; relearn steps capped at {cap} (counted as {cap + 1}); 'gap' = mean absolute "
+             "difference to retraining over forget acc, remaining acc, MIA efficacy and durability (points, SalUn's "
+             "summary); time and relearn steps relative to retraining on the same pair.", "",
+             "| arm | forget acc (%) | RA (points) | FA≤5 & RA≤2 | MIA efficacy (%) | relearn steps | relearn ÷ retrain "
+             "| durability forget acc (%) | gap to retrain (points) | weights masked | seconds | time ÷ retrain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for arm in args.arms:
         sel = [r for r in rows if r["arm"] == arm]
         if not sel:
             continue
         ok = sum(r["forget_acc"] <= 0.05 and r["RA"] <= 0.02 for r in sel)
-        relearn = [r["relearn_steps"] if r["relearn_steps"] is not None else cap + 1 for r in sel]
+        paired = [(r, retrain[(r["seed"], r["class"])]) for r in sel if (r["seed"], r["class"]) in retrain]
+        gap = [statistics.fmean(abs(r[k] - g[k]) for k in GAP_METRICS) for r, g in paired]
         summary[arm] = {
             "forget_acc": ms([r["forget_acc"] for r in sel], 100), "RA": ms([r["RA"] for r in sel], 100),
-            "meets_target": f"{ok}/{len(sel)}", "mia_efficacy": ms([r["mia_efficacy"] for r in sel], 1, 2),
-            "relearn_steps": ms(relearn, 1, 1), "durability": ms([r["durability"] for r in sel], 100),
+            "meets_target": f"{ok}/{len(sel)}", "mia_efficacy": ms([r["mia_efficacy"] for r in sel], 100),
+            "relearn_steps": ms([steps(r) for r in sel], 1, 1),
+            "relearn_vs_retrain": ms([steps(r) / max(1, steps(g)) for r, g in paired], 1, 2),
+            "durability": ms([r["durability"] for r in sel], 100), "gap_to_retrain": ms(gap, 100),
+            "gap_to_retrain_mean": statistics.fmean(gap) * 100 if gap else None,
             "fraction_masked": ms([r.get("fraction_masked") for r in sel], 1, 2),
-            "seconds": ms([r["seconds"] for r in sel], 1, 1)}
+            "seconds": ms([r["seconds"] for r in sel], 1, 1),
+            "time_vs_retrain": ms([r["seconds"] / g["seconds"] for r, g in paired], 1, 3)}
         s = summary[arm]
         lines.append(f"| {arm} | {s['forget_acc']} | {s['RA']} | {s['meets_target']} | {s['mia_efficacy']} | "
-                     f"{s['relearn_steps']} | {s['durability']} | {s['fraction_masked']} | {s['seconds']} |")
-    write_results(out, "\n".join(lines), {"settings": vars(args), "summary": summary, "rows": rows}, quiet=False)
+                     f"{s['relearn_steps']} | {s['relearn_vs_retrain']} | {s['durability']} | {s['gap_to_retrain']} | "
+                     f"{s['fraction_masked']} | {s['seconds']} | {s['time_vs_retrain']} |")
+    ranked = sorted((v["gap_to_retrain_mean"], k) for k, v in summary.items()
+                    if k != "retrain" and v["gap_to_retrain_mean"] is not None)
+    if ranked:
+        lines += ["", "Smallest average gap to retraining: " + ", ".join(f"{k} {g:.1f}" for g, k in ranked) + "."]
+    payload = {"settings": vars(args), "summary": summary, "rows": rows}
+    write_results(out, "\n".join(lines), payload, quiet=False)
 
 
 if __name__ == "__main__":

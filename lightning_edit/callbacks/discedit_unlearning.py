@@ -38,6 +38,7 @@ from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import enable_edit_reload
 from lightning_edit.discedit.unlearn import (
+    RECALIBRATION_BATCHES,
     check_forget_classes,
     coupled_writers,
     default_unlearning_layers,
@@ -101,7 +102,8 @@ class DiscEditUnlearning(Callback):
         calibration_batches, calibration_source: which batches give the moments (must contain the forget classes).
         recalibrate_bn: measure each candidate ratio with BatchNorm statistics re-estimated under its mask, and after
             masking reset and re-estimate every BatchNorm's running statistics on ``calibration_batches`` batches of
-            the calibration loader (all classes; averaged across DDP ranks). On by default: without it much of the
+            the calibration loader (the first ``RECALIBRATION_BATCHES`` = 4 of them, as in the search; all classes;
+            averaged across DDP ranks). On by default: without it much of the
             forgetting on a BatchNorm network comes from stale statistics and returns as soon as training updates
             them (:func:`~lightning_edit.discedit.mask_until_forgotten`). False: the paper's procedure. A model
             without BatchNorm: nothing to do.
@@ -129,7 +131,8 @@ class DiscEditUnlearning(Callback):
             witness with another importance (it would not be read); at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
             ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
-            model's outputs or covering all of them, an empty calibration loader, calibration targets that are
+            model's outputs or covering all of them, ``privacy_metrics`` without a validation loader or with
+            ``evaluate=False``, an empty calibration loader, calibration targets that are
             not class indices, or tuple batches when fine-tuning (they cannot be edited in place: use lists or
             dicts); at the edit, before the model changes, for a forget class absent from the calibration
             batches or non-finite (NaN/inf) calibration statistics or scores (naming the first such layer).
@@ -233,6 +236,10 @@ class DiscEditUnlearning(Callback):
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
         )
         check_forget_classes(self.forget_classes, self.num_classes)
+        if self.privacy_metrics and (not self.evaluate or stage_loader(trainer, "val") is None):
+            raise ValueError("DiscEditUnlearning(privacy_metrics=True) needs a validation loader (its samples are the "
+                             "attack's non-members and the held-out forget samples of the relearn test) and "
+                             "evaluate=True; add a val_dataloader or set privacy_metrics=False.")
         if self.finetune_epochs:
             batch = next(iter(stage_loader(trainer, "train")))
             if isinstance(batch, tuple):
@@ -325,7 +332,7 @@ class DiscEditUnlearning(Callback):
                 self._privacy_data = self._collect_privacy_data(trainer, batches)
             masked = mask_components(pl_module, layers, picked, example)
             if self.recalibrate_bn:
-                recalibrate_batchnorm(pl_module, batches, reduce_mean=reduce_mean)
+                recalibrate_batchnorm(pl_module, batches, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
         total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
         self.done_epoch = trainer.current_epoch
         self._forget = torch.tensor(self.forget_classes, device=device)
@@ -379,11 +386,7 @@ class DiscEditUnlearning(Callback):
 
         x = torch.cat([b[0] for b in batches]).cpu()
         y = torch.cat([b[1] for b in batches]).cpu()
-        val = [(a.cpu(), b.cpu()) for a, b in device_batches(stage_loader(trainer, "val"), self.get_inputs_targets,
-                                                              torch.device("cpu"), None)] if stage_loader(trainer, "val") is not None else []
-        if not val:
-            raise ValueError("DiscEditUnlearning(privacy_metrics=True) needs a validation loader (its non-members and "
-                             "held-out forget samples); add one or set privacy_metrics=False.")
+        val = list(device_batches(stage_loader(trainer, "val"), self.get_inputs_targets, torch.device("cpu"), None))
         xv, yv = torch.cat([b[0] for b in val]), torch.cat([b[1] for b in val])
         gen = torch.Generator().manual_seed(self.seed)
         return (subsample((x, y), self.forget_classes, exclude=True), subsample((xv, yv), self.forget_classes, exclude=True),

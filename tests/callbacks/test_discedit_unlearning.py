@@ -104,6 +104,17 @@ def test_bad_classes_fail_at_setup(tmp_path, classes, match):
         make_trainer(tmp_path, [DiscEditUnlearning(classes, unlearn_epoch=0)]).fit(module(), datamodule=DigitsDataModule())
 
 
+def test_privacy_metrics_without_validation_data_fail_at_setup(tmp_path):
+    dm = DigitsDataModule()
+    dm.setup()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dm.train_set.x, dm.train_set.y), batch_size=64)
+    m = module()
+    with pytest.raises(ValueError, match=r"privacy_metrics=True\) needs a validation loader"):
+        make_trainer(tmp_path, [DiscEditUnlearning([4], unlearn_epoch=0, privacy_metrics=True)], max_epochs=1,
+                     limit_train_batches=2).fit(m, train_dataloaders=loader)
+    assert not hasattr(m.model.hidden, "weight_mask")
+
+
 def test_forget_class_missing_from_calibration_leaves_model_unchanged(tmp_path):
     dm = DigitsDataModule()
     dm.setup()
