@@ -109,3 +109,35 @@ def test_ddp_spawn_auto_selection_makes_the_same_choice_on_every_rank(tmp_path, 
     assert [[n, o, sorted(i)] for n, o, i in ddp_history] == [[n, o, sorted(i)] for n, o, i in single_history]
     # the train shards hold one padded duplicate (1,167 samples on 2 ranks): the accuracies agree to 1/1,167
     assert all(abs(ddp[k] - single[k]) <= 1 / 1167 + 1e-9 for k in single)
+
+
+class SameMasksOnEveryRank(L.Callback):
+    """At the end of fit, all-gather each rank's masked-component indices and BatchNorm statistics; any difference
+    fails the spawned rank (and so the test)."""
+
+    def on_fit_end(self, trainer, pl_module):
+        state = [b.detach().double().flatten() for n, b in pl_module.named_buffers()
+                 if n.endswith(("_mask", "running_mean", "running_var"))]
+        mine = torch.cat(state)
+        gathered = trainer.strategy.all_gather(mine)
+        assert gathered.ndim == 2 and torch.allclose(gathered[0], gathered[1], atol=1e-6), "ranks disagree"
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_spawn_unlearning_with_batchnorm_re_estimation_agrees_across_ranks(tmp_path, fresh_ddp_env):
+    """The default search re-estimates BatchNorm statistics under each candidate (averaged across ranks) and masks a
+    residual stream's writers together: both ranks end with the same masks and the same statistics."""
+    from lightning_edit.callbacks import DiscEditUnlearning
+    from tests.conftest import ResCNN
+
+    torch.manual_seed(0)
+    module = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    cb = DiscEditUnlearning([3], unlearn_epoch=0, calibration_batches=None, calibration_source="val", plot=False,
+                            evaluate=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=2,
+        callbacks=[cb, SameMasksOnEveryRank(), fresh_ddp_env], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=45))
+    assert 0 < float(trainer.callback_metrics["unlearn/ratio"]) <= 0.5

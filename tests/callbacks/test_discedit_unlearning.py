@@ -167,3 +167,16 @@ def test_forgetting_mid_training_lasts_through_the_finetuning_epoch(tmp_path):
     assert r["mia_efficacy"] > 0.9 and r["relearn_steps"] >= 1
     for key in ("unlearn/mia_efficacy", "unlearn/relearn_steps_ft", "unlearn/privacy_seconds", "unlearn/calibration_remaining_acc"):
         assert key in trainer.callback_metrics
+
+
+def test_residual_defaults_under_bf16_mixed(tmp_path):
+    from tests.conftest import ResCNN
+
+    L.seed_everything(0)
+    m = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    cb = DiscEditUnlearning([3], unlearn_epoch=3, finetune_epochs=1, plot=False)
+    make_trainer(tmp_path, [cb], max_epochs=6, precision="bf16-mixed").fit(m, datamodule=DigitsDataModule())
+    r = cb.report
+    assert r["forget_acc_before"] > 0.8 and r["forget_acc_after"] <= 0.15 and r["forget_acc_after_ft"] <= 0.15, r
+    assert r["RA"] <= 0.05
+    assert set(r["masked"]["model.b3.conv2"]) == set(r["masked"]["model.b2.short.0"])
