@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_edit.editable.editors import EditResult, GradientEditor, default_editable_parameters, edit_loss, select_parameters
 from lightning_edit.editable.metrics import EditMetrics, evaluate_edits, random_wrong_labels
@@ -170,6 +171,13 @@ class EditableModule(ClassifierModule):
         params = select_parameters(self.model, self.editable_parameters)
         was_training = self.model.training
         self.model.eval()
+        # the outer loss differentiates through the inner edit steps; torch's fused attention kernels have no second
+        # derivative on CPU ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
+        # implemented"), the math kernel does
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._edit_losses(x, idx, targets, edit_x, params, was_training, reference_logits)
+
+    def _edit_losses(self, x, idx, targets, edit_x, params, was_training, reference_logits) -> tuple[Tensor, Tensor]:
         try:
             edited, _, remaining = self.editor.run(
                 params, lambda ps: edit_loss(functional_call(self.model, ps, (edit_x,)), targets),

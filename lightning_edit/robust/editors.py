@@ -45,16 +45,28 @@ class Editor(Protocol):
     def edit(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, EditResult]: ...
 
 
-def get_layer(model: nn.Module, name: str) -> nn.Module:
+def get_layer(model: nn.Module, name: str, weight: bool = True) -> nn.Module:
     """The submodule called ``name``.
 
+    Args:
+        weight: require a ``weight`` tensor (a low-rank change needs one matrix); False: any module with parameters,
+            e.g. an ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``) for fine-tuning or interpolation.
+
     Raises:
-        ValueError: if it does not exist or has no ``weight`` (the message lists the layers that do).
+        ValueError: if it does not exist or has no ``weight`` / no parameter (the message lists the valid names).
     """
     modules = dict(model.named_modules())
-    if name not in modules or not isinstance(getattr(modules[name], "weight", None), Tensor):
-        layers = [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), Tensor)]
-        raise ValueError(f"No layer with weights called {name!r}; layers are {layers}.")
+
+    def valid(m: nn.Module) -> bool:
+        if weight:
+            return isinstance(getattr(m, "weight", None), Tensor)
+        return any(True for _ in m.parameters())
+
+    if name not in modules or not valid(modules[name]):
+        kind = "layer with weights" if weight else "module with parameters"
+        names = [n for n, m in modules.items() if n and (isinstance(getattr(m, "weight", None), Tensor) if weight
+                                                        else any(True for _ in m.parameters(recurse=False)))]
+        raise ValueError(f"No {kind} called {name!r}; {'layers' if weight else 'modules with parameters'} are {names}.")
     return modules[name]
 
 
@@ -225,7 +237,7 @@ class FineTuneEditor(_LocalEditor):
         """An edited copy of ``model`` (eval mode); ``x (B, ...)``, ``y (B,)`` class indices."""
         if self.layers is not None:
             for name in self.layers:
-                get_layer(model, name)
+                get_layer(model, name, weight=False)
         x, y = check_edit(model, x, y)
         return self.edit_with(model, x, y, self._locality(model, x, retain))
 
@@ -235,7 +247,7 @@ class FineTuneEditor(_LocalEditor):
         if self.layers is None:
             params = [p for p in edited.parameters() if p.requires_grad]
         else:
-            params = [p for name in self.layers for p in get_layer(edited, name).parameters()]
+            params = [p for name in self.layers for p in get_layer(edited, name, weight=False).parameters()]
         return edited, self._fit(edited, params, x, y, locality)
 
 
@@ -281,22 +293,22 @@ class InterpolationEditor:
     def interpolate(self, original: nn.Module, finetuned: nn.Module, alpha: float) -> nn.Module:
         """A copy of ``original`` whose layer holds ``(1 - α) W₀ + α W_ft`` (α = 0: original, 1: fine-tuned)."""
         out = copy.deepcopy(original)
-        w0, w1 = get_layer(original, self.layer), get_layer(finetuned, self.layer)
+        w0, w1 = get_layer(original, self.layer, weight=False), get_layer(finetuned, self.layer, weight=False)
         with torch.no_grad():
-            for p, p0, p1 in zip(get_layer(out, self.layer).parameters(), w0.parameters(), w1.parameters()):
+            for p, p0, p1 in zip(get_layer(out, self.layer, weight=False).parameters(), w0.parameters(), w1.parameters()):
                 p.copy_(torch.lerp(p0, p1, alpha))
         return out
 
     def edit(self, model: nn.Module, x: Tensor, y: Tensor, x_select: Tensor | None = None,
              y_select: Tensor | None = None, retain: Retain = None) -> tuple[nn.Module, EditResult]:
         """An edited copy of ``model``; ``x (B, ...)``, ``y (B,)``; optional selection set for α."""
-        get_layer(model, self.layer)
+        get_layer(model, self.layer, weight=False)
         xs, ys = (x, y) if x_select is None else (x_select, y_select)
         xs, ys = check_edit(model, xs, ys)
         x, y = check_edit(model, x, y)
         locality = self.finetune._locality(model, x, retain)
         finetuned, tuned = self.finetune.edit_with(model, x, y, locality)
-        layer0 = [p.detach() for p in get_layer(model, self.layer).parameters()]
+        layer0 = [p.detach() for p in get_layer(model, self.layer, weight=False).parameters()]
         best: tuple[float, float, float, nn.Module] | None = None
         for alpha in torch.linspace(0, 1, self.num_alphas).tolist():
             candidate = self.interpolate(model, finetuned, alpha).eval()
@@ -305,7 +317,7 @@ class InterpolationEditor:
             if locality is not None:
                 drift = locality.drift(candidate)
             else:
-                drift = float(sum(((p - p0) ** 2).sum() for p, p0 in zip(get_layer(candidate, self.layer).parameters(), layer0)))
+                drift = float(sum(((p - p0) ** 2).sum() for p, p0 in zip(get_layer(candidate, self.layer, weight=False).parameters(), layer0)))
             if best is None or acc > best[0] + 1e-9 or (abs(acc - best[0]) <= 1e-9 and drift < best[1]):
                 best = (acc, drift, alpha, candidate)
         self.alpha, edited = best[2], best[3]
