@@ -260,6 +260,14 @@ class InterpolationEditor:
     retain data, the squared parameter distance, i.e. the smallest α). Brown et al. interpolate between the
     original and the fine-tuned layer; their exact α rule could not be read, this is the documented choice.
 
+    **At the default ``target_accuracy=1.0`` 1-LI is one-layer fine-tuning**: the fine-tune stops as soon as every
+    edit is right, so no α < 1 reaches the target and α = 1 is chosen (measured: identical rows in the robust
+    editors benchmark). To interpolate, give a target below 1 (e.g. 0.9: the smallest-drift α that fixes 90% of the
+    selection set) or a separate selection set (``x_select``) on which the fine-tuned layer overshoots.
+
+    ``layer`` may be any module with parameters (e.g. an ``nn.MultiheadAttention`` of a transformer encoder); all
+    of its parameters are fine-tuned and interpolated.
+
     Args:
         layer: the module whose parameters are fine-tuned and interpolated.
         target_accuracy: selection accuracy to reach, in (0, 1].

@@ -180,3 +180,20 @@ def test_residual_defaults_under_bf16_mixed(tmp_path):
     assert r["forget_acc_before"] > 0.8 and r["forget_acc_after"] <= 0.15 and r["forget_acc_after_ft"] <= 0.15, r
     assert r["RA"] <= 0.05
     assert set(r["masked"]["model.b3.conv2"]) == set(r["masked"]["model.b2.short.0"])
+
+
+def test_forgetting_at_start_lasts_three_epochs_of_remaining_class_training(tmp_path, trained_residual_digits):
+    """Issue 25: on a trained residual CNN, `unlearn_epoch="start"` with its fine-tuning epoch, then 3 epochs of ordinary
+    training on the remaining classes: the forgotten class stays at most 5% accurate throughout."""
+    from lightning_edit.unlearning import durability, subsample
+    from tests.conftest import ResCNN
+
+    trained, dm = trained_residual_digits
+    m = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    m.load_state_dict(trained.state_dict())
+    cb = DiscEditUnlearning([3], unlearn_epoch="start", finetune_epochs=1, plot=False)
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(m, datamodule=DigitsDataModule())
+    assert cb.report["forget_acc_after"] <= 0.05 and cb.report["forget_acc_after_ft"] <= 0.05, cb.report
+    remaining = list(zip(*[t.split(64) for t in subsample((dm.train_set.x, dm.train_set.y), [3], exclude=True)]))
+    later = durability(m.model, remaining, (dm.test_set.x, dm.test_set.y), [3], epochs=3, lr=3e-3)
+    assert max(later) <= 0.05, later
