@@ -7,6 +7,8 @@ measured on the same data:
 - ``DISCEDIT-U (paper)``: the paper's procedure, ``recalibrate=False, coupled=False`` (the defaults before this
   benchmark);
 - ``DISCEDIT-U + FT``: the defaults, then one fine-tuning epoch on the remaining data;
+- ``BN re-estimation only``: nothing masked, BatchNorm statistics re-estimated on the calibration batches as
+  DISCEDIT-U's defaults do (the control for what re-estimation alone changes);
 - ``retain-FT``: one fine-tuning epoch on the remaining data, nothing masked;
 - ``NegGrad+`` / ``random labels`` / ``SalUn``: :mod:`lightning_edit.unlearning` baselines, one epoch over the same
   remaining data paired with the forget samples;
@@ -41,7 +43,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_edit import ClassifierModule
 from lightning_edit.data import DigitsDataModule
-from lightning_edit.discedit import unlearn
+from lightning_edit.discedit import recalibrate_batchnorm, unlearn
+from lightning_edit.discedit.unlearn import RECALIBRATION_BATCHES
 from lightning_edit.models import resnet20
 from lightning_edit.unlearning import (
     durability,
@@ -54,8 +57,8 @@ from lightning_edit.unlearning import (
     subsample,
 )
 
-ARMS = ("DISCEDIT-U", "DISCEDIT-U (paper)", "DISCEDIT-U + FT", "retain-FT", "NegGrad+", "random labels", "SalUn",
-        "retrain")
+ARMS = ("DISCEDIT-U", "DISCEDIT-U (paper)", "DISCEDIT-U + FT", "BN re-estimation only", "retain-FT", "NegGrad+",
+        "random labels", "SalUn", "retrain")
 
 
 class Block(nn.Module):
@@ -171,6 +174,9 @@ def main() -> None:
                         fit(module, torch.cat([b[0] for b in ft]), torch.cat([b[1] for b in ft]), 1, bs)
                         edited = module.model
                     model = edited
+                elif arm == "BN re-estimation only":
+                    model = copy.deepcopy(base.model)
+                    recalibrate_batchnorm(model, [b[0] for b in calib], RECALIBRATION_BATCHES)
                 elif arm == "retain-FT":
                     module = ClassifierModule(copy.deepcopy(base.model), optimizer=ft_opt)
                     fit(module, torch.cat([b[0] for b in ft]), torch.cat([b[1] for b in ft]), 1, bs)
