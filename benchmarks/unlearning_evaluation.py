@@ -15,7 +15,7 @@ measured on the same data:
 - ``retrain``: the same network trained from scratch without the class, same recipe (the gold standard).
 
 Metrics: FA and RA (test accuracy on the forgotten / remaining classes, points), MIA efficacy (share of the forgotten
-training samples a logistic attack on the true-class confidence calls non-members; members: 1,000 remaining-class training
+training samples a threshold attack on the true-class confidence calls non-members; members: 1,000 remaining-class training
 images, non-members: 1,000 held-out validation images), relearn steps (full-batch Adam steps on 32 forget training
 images until half of 256 held-out forget images are right again; capped at ``--relearn-max-steps``), durability (forget accuracy after
 ``--durability-epochs`` epochs of training on ``--durability-images`` remaining training images), and edit seconds. Fine-tuning steps share one budget:

@@ -155,8 +155,11 @@ def saliency_mask(model: nn.Module, forget_batches: Sequence[tuple[Tensor, Tenso
         model.train(was_training)
     flat = torch.cat([g.flatten() for g in grads])
     k = max(1, round(saliency * flat.numel()))
-    threshold = torch.topk(flat, k).values.min()
-    return [(p, (g >= threshold).to(p.dtype)) for p, g in zip(params, grads)]
+    # exactly k weights, ties broken by position: a threshold `g >= kth value` would take every weight when more than
+    # the salient fraction has a zero gradient (dead ReLU units), turning SalUn into plain random-label fine-tuning
+    chosen = torch.zeros_like(flat)
+    chosen[torch.topk(flat, k).indices] = 1
+    return [(p, m.view_as(p).to(p.dtype)) for p, m in zip(params, chosen.split([g.numel() for g in grads]))]
 
 
 def salun(

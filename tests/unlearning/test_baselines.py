@@ -54,3 +54,16 @@ def test_bad_input(data, call, match):
     model, forget, retain, _ = data
     with pytest.raises(ValueError, match=match):
         call(model, forget, retain)
+
+
+def test_saliency_mask_takes_the_fraction_even_when_most_gradients_are_zero():
+    """A network whose first layer is dead (every ReLU input negative) has zero forget-loss gradients there: the mask
+    must still hold exactly the salient fraction, not every weight tied at zero."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)
+    forget = [(torch.randn(16, 4), torch.zeros(16, dtype=torch.long))]
+    mask = saliency_mask(net, forget, saliency=0.5)
+    total = sum(m.numel() for _, m in mask)
+    assert sum(int(m.sum()) for _, m in mask) == round(0.5 * total)
