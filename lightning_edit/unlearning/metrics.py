@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 SIGNALS = ("confidence", "entropy")
+"""The per-sample signals a membership-inference attack can read (:func:`attack_signal`)."""
 
 
 def _as_batches(data: Batches | tuple[Tensor, Tensor], batch_size: int = 512) -> list[tuple[Tensor, Tensor]]:
