@@ -100,7 +100,7 @@ def test_report_and_change(trained):
 
 def test_bad_input(trained):
     model, dm, ex, ey = trained
-    with pytest.raises(ValueError, match="No layer with weights called 'layer9'"):
+    with pytest.raises(ValueError, match="No module with parameters called 'layer9'; modules with parameters are"):
         InterpolationEditor("layer9").edit(model, ex, ey)
     with pytest.raises(ValueError, match="larger than layer"):
         LowRankEditor("classifier", rank=11).edit(model, ex, ey)
@@ -236,8 +236,10 @@ def test_bad_edit_input_is_an_error_before_the_model_changes(shirts):
         LowRankEditor("hidden").edit(model, ex[:0], ey[:0])
     with pytest.raises(ValueError, match="outside the classes"):
         FineTuneEditor().edit(model, ex, ey + 100)
-    with pytest.raises(ValueError, match=r"No layer with weights called 'nope'; layers are \["):
+    with pytest.raises(ValueError, match=r"No module with parameters called 'nope'; modules with parameters are \["):
         InterpolationEditor("nope").edit(model, ex, ey)
+    with pytest.raises(ValueError, match=r"No layer with weights called 'nope'; layers are \["):
+        LowRankEditor("nope").edit(model, ex, ey)
     with pytest.raises(ValueError, match="larger than layer"):
         LowRankEditor("hidden", rank=10_000).edit(model, ex, ey)
     with pytest.raises(ValueError, match="locality must be"):
