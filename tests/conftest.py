@@ -71,6 +71,22 @@ class ResCNN(torch.nn.Module):
         return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.b3(self.b2(self.b1(self.stem(x)))), 1).flatten(1))
 
 
+class Encoder(torch.nn.Module):
+    """A user's nn.TransformerEncoder classifier: rows of an 8x8 digit as 8 tokens, 2 layers, 4 heads, mean pooling."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.embed = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x[:, 0])).mean(1))
+
+
 @pytest.fixture(scope="session")
 def trained_residual_digits() -> tuple[ClassifierModule, DigitsDataModule]:
     """:class:`ResCNN` trained 10 epochs on the real 8x8 digits (about 97% test accuracy), shared read-only."""

@@ -305,14 +305,15 @@ class DiscEditUnlearning(Callback):
             reduce_sum = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
             reduce_mean = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
             example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
+            writers = coupled_writers(pl_module, layers, example) if self.coupled else {}
             if self.coupled:
-                layers = expand_coupled(pl_module, layers, example)
+                layers = expand_coupled(pl_module, layers, writers)
             scores = unlearning_component_scores(
                 pl_module, layers, self.forget_classes, self.importance, batches, self.num_classes, self.witness,
                 reduce_sum=reduce_sum, generator=torch.Generator().manual_seed(self.seed),
             )
             if self.coupled:
-                scores = tie_coupled_scores(scores, coupled_writers(pl_module, layers, example))
+                scores = tie_coupled_scores(scores, writers)
             if self.forget_target is not None:
                 picked, ratio, calib_acc, calib_remaining = mask_until_forgotten(
                     pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,

@@ -522,14 +522,15 @@ def unlearn(
     classes = check_forget_classes(forget_classes, num_classes)
     chosen = maskable_layers(edited, default_unlearning_layers(edited) if layers == "auto" else layers)
     calibration = [first, *batches]
+    writers = coupled_writers(edited, chosen, example) if coupled else {}
     if coupled:
-        chosen = expand_coupled(edited, chosen, example)
+        chosen = expand_coupled(edited, chosen, writers)
     scores = unlearning_component_scores(
         edited, chosen, classes, importance, calibration, num_classes, witness,
         generator=torch.Generator().manual_seed(seed),
     )
     if coupled:
-        scores = tie_coupled_scores(scores, coupled_writers(edited, chosen, example))
+        scores = tie_coupled_scores(scores, writers)
     calibration_forget_accuracy = calibration_remaining_accuracy = None
     if forget_target is not None:
         picked, ratio_used, calibration_forget_accuracy, calibration_remaining_accuracy = mask_until_forgotten(
@@ -549,10 +550,13 @@ def unlearn(
     return edited, report
 
 
-def expand_coupled(model: nn.Module, layers: Mapping[str, nn.Module], example_input: Tensor) -> dict[str, nn.Module]:
-    """``layers`` plus every layer writing the same channels (:func:`coupled_writers`), in registration order."""
+def expand_coupled(model: nn.Module, layers: Mapping[str, nn.Module], writers: Mapping[str, Sequence[str]]
+                   ) -> dict[str, nn.Module]:
+    """``layers`` plus every layer writing the same channels (``writers``: :func:`coupled_writers` of ``layers``),
+    in registration order. The groups of ``writers`` cover the added layers too, so the same ``writers`` serve
+    :func:`tie_coupled_scores` on the expanded layers."""
     modules = dict(model.named_modules())
-    names = {n for group in coupled_writers(model, layers, example_input).values() for n in group} | set(layers)
+    names = {n for group in writers.values() for n in group} | set(layers)
     return {n: modules[n] for n in modules if n in names}
 
 

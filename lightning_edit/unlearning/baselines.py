@@ -27,11 +27,23 @@ from torch import Tensor, nn
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-def _check(forget_batches: Sequence, retain_batches: Sequence, epochs: int) -> None:
+def _check(forget_batches: Sequence, retain_batches: Sequence, epochs: int, num_classes: int | None = None) -> None:
     if not forget_batches or not retain_batches:
         raise ValueError("Unlearning baselines need at least one forget batch and one remaining batch.")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if num_classes is not None and num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+
+
+def _random_label_loss(num_classes: int, seed: int) -> Callable[..., Tensor]:
+    """``CE(remaining) + CE(forget, a random other class)``, the objective of random labels and SalUn."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(m, xr, yr, xf, yf):
+        return F.cross_entropy(m(xr), yr) + F.cross_entropy(m(xf), _other_labels(yf, num_classes, gen))
+
+    return loss
 
 
 def _optimizer(model: nn.Module, lr: float, optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
@@ -113,16 +125,10 @@ def random_labels(
     Raises:
         ValueError: for empty batches, ``epochs < 1`` or ``num_classes < 2``.
     """
-    _check(forget_batches, retain_batches, epochs)
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    _check(forget_batches, retain_batches, epochs, num_classes)
     student = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss(m, xr, yr, xf, yf):
-        return F.cross_entropy(m(xr), yr) + F.cross_entropy(m(xf), _other_labels(yf, num_classes, gen))
-
-    return _run(student, forget_batches, retain_batches, epochs, _optimizer(student, lr, optimizer), loss)
+    return _run(student, forget_batches, retain_batches, epochs, _optimizer(student, lr, optimizer),
+                _random_label_loss(num_classes, seed))
 
 
 def saliency_mask(model: nn.Module, forget_batches: Sequence[tuple[Tensor, Tensor]], saliency: float = 0.5
@@ -180,17 +186,11 @@ def salun(
     Raises:
         ValueError: as :func:`random_labels` and :func:`saliency_mask`.
     """
-    _check(forget_batches, retain_batches, epochs)
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    _check(forget_batches, retain_batches, epochs, num_classes)
     student = copy.deepcopy(model)
     mask = saliency_mask(student, forget_batches, saliency)
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss(m, xr, yr, xf, yf):
-        return F.cross_entropy(m(xr), yr) + F.cross_entropy(m(xf), _other_labels(yf, num_classes, gen))
-
-    return _run(student, forget_batches, retain_batches, epochs, _optimizer(student, lr, optimizer), loss, mask)
+    return _run(student, forget_batches, retain_batches, epochs, _optimizer(student, lr, optimizer),
+                _random_label_loss(num_classes, seed), mask)
 
 
 __all__ = ["neggrad_plus", "random_labels", "salun", "saliency_mask"]

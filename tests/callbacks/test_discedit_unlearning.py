@@ -189,6 +189,7 @@ def test_forgetting_at_start_lasts_three_epochs_of_remaining_class_training(tmp_
     from tests.conftest import ResCNN
 
     trained, dm = trained_residual_digits
+    L.seed_everything(0)  # the calibration batches come from the shuffled train loader
     m = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
     m.load_state_dict(trained.state_dict())
     cb = DiscEditUnlearning([3], unlearn_epoch="start", finetune_epochs=1, plot=False)

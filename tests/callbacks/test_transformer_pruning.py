@@ -19,7 +19,7 @@ from lightning_edit.data import DigitsDataModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels
 from lightning_edit.discedit.structured import attention_shapes, enable_edit_reload, pruning_record
 from lightning_edit.models import ViT
-from tests.conftest import make_trainer
+from tests.conftest import Encoder, make_trainer
 
 
 class UserAttention(nn.Module):
@@ -181,21 +181,6 @@ def test_ddp_spawn_removes_the_same_heads_and_neurons(tmp_path, fresh_ddp_env):
     ddp = run_ddp(tmp_path / "ddp", "ddp_spawn", 2, extra=(fresh_ddp_env,))
     assert any(name.endswith("attn.proj") for name, _, _ in single)  # heads were removed
     assert [[n, o, sorted(i)] for n, o, i in ddp] == [[n, o, sorted(i)] for n, o, i in single]
-
-
-class Encoder(nn.Module):
-    """A user's nn.TransformerEncoder classifier: rows of an 8x8 digit as 8 tokens."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Linear(8, 32)
-        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(self.embed(x[:, 0])).mean(1))
 
 
 def test_native_multihead_attention_keeps_heads_and_loses_head_width(tmp_path, capsys):

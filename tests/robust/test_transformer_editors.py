@@ -7,27 +7,12 @@ import functools
 import lightning as L
 import pytest
 import torch
-from torch import nn
 
 from lightning_edit import ClassifierModule, EditableModule
 from lightning_edit.data import DigitsDataModule
 from lightning_edit.edit import make_editor
 from lightning_edit.editable import GradientEditor
-
-
-class Encoder(nn.Module):
-    """Rows of an 8x8 digit as 8 tokens, a 2-layer nn.TransformerEncoder, mean pooling, a linear head."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Linear(8, 32)
-        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(self.embed(x[:, 0])).mean(1))
+from tests.conftest import Encoder
 
 
 @pytest.fixture(scope="module")
