@@ -3,7 +3,7 @@
 For each architecture (SmallCNN, ResNet-20 option B) and seed, two models are trained with the same module,
 epochs, outer optimiser (Adam, lr 1e-3, gradient-norm clip 10) and data: a *normal* one (c_edit = c_loc = 0)
 and an *edit-trained* one (the authors' protocol, c_edit = c_loc = 0.01, RMSProp editor with learned β on one
-inner block). Both are then edited by the same editor (the edit-trained run's RMSProp editor, k = 10 steps,
+inner block; ``--coef`` and ``--edits-per-step`` for ablations). Both are then edited by the same editor (the edit-trained run's RMSProp editor, k = 10 steps,
 same block), and the normal model also by the baseline a user would try: Adam (lr 1e-3) fine-tuning of the
 same block until the edit holds (at most 100 steps, no locality term).
 
@@ -40,14 +40,27 @@ def build(arch: str) -> torch.nn.Module:
     return SmallCNN(1, 10) if arch == "smallcnn" else resnet20(in_channels=1, num_classes=10)
 
 
-def train(arch: str, seed: int, coef: float, epochs: int, dm, **kwargs) -> tuple[EditableModule, float]:
+class EditorTrace(L.Callback):
+    """The editor's learned lr and β at the end of every training epoch (instrumentation)."""
+
+    def __init__(self) -> None:
+        self.lr: list[float] = []
+        self.beta: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: EditableModule) -> None:
+        self.lr.append(float(pl_module.editor.lr))
+        self.beta.append(float(pl_module.editor.beta))
+
+
+def train(arch: str, seed: int, coef: float, epochs: int, dm, **kwargs) -> tuple[EditableModule, float, EditorTrace]:
     L.seed_everything(seed, verbose=False)
     module = EditableModule(build(arch), edit_coef=coef, locality_coef=coef, val_edits=0, **kwargs)
+    trace = EditorTrace()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[trace])
     t0 = time.perf_counter()
     trainer.fit(module, dm)
-    return module, (time.perf_counter() - t0) / epochs
+    return module, (time.perf_counter() - t0) / epochs, trace
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -65,6 +78,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--locality-reference", choices=["train", "eval"], default="train")
     ap.add_argument("--fixed-editor-lr", action="store_true", help="keep the editor lr at 1e-3 (the authors' CIFAR value)")
+    ap.add_argument("--coef", type=float, default=0.01, help="c_edit = c_loc of the edit-trained model (authors: 0.01)")
+    ap.add_argument("--edits-per-step", type=int, default=1, help="edits per training step (the module's default 1)")
     ap.add_argument("--skip-finetune", action="store_true", help="leave out the Adam fine-tune arm (ablations)")
     ap.add_argument("--out", default=str(RESULTS / "editable_fashion_mnist"))
     args = ap.parse_args()
@@ -80,9 +95,11 @@ def main() -> None:
     results: dict = {"settings": vars(args), "runs": []}
     for arch in args.archs:
         for seed in range(args.seeds):
-            normal, t_normal = train(arch, seed, 0.0, args.epochs, dm)
-            editable, t_editable = train(arch, seed, 0.01, args.epochs, dm, locality_reference=args.locality_reference,
-                                         editor=GradientEditor(learn_lr=not args.fixed_editor_lr))
+            normal, t_normal, _ = train(arch, seed, 0.0, args.epochs, dm)
+            editable, t_editable, trace = train(arch, seed, args.coef, args.epochs, dm,
+                                                locality_reference=args.locality_reference,
+                                                edits_per_step=args.edits_per_step,
+                                                editor=GradientEditor(learn_lr=not args.fixed_editor_lr))
             block = editable.editable_parameters
             editor = editable.editor  # the edit-trained editor (learned β), used for both models
             layers = [name for name, m in editable.model.named_modules()  # the block's layers with weights
@@ -90,7 +107,8 @@ def main() -> None:
             finetune = FineTuneEditor(layers=layers, lr=1e-3, max_steps=args.finetune_steps, locality_coef=0.0)
             edit_y = torch.randint(0, 10, (args.edits,), generator=torch.Generator().manual_seed(seed))
             run = {"arch": arch, "seed": seed, "editable_parameters": block, "editor_beta": float(editor.beta),
-                   "editor_lr": float(editor.lr), "s_per_epoch_normal": t_normal, "s_per_epoch_editable": t_editable}
+                   "editor_lr": float(editor.lr), "s_per_epoch_normal": t_normal, "s_per_epoch_editable": t_editable,
+                   "editor_lr_per_epoch": trace.lr, "editor_beta_per_epoch": trace.beta}
             arms = ARMS[:2] if args.skip_finetune else ARMS
             for arm, model, ed in zip(arms, (normal.model, editable.model, normal.model), (editor, editor, finetune)):
                 with torch.enable_grad():
@@ -101,7 +119,8 @@ def main() -> None:
                       f"steps {m.mean_steps:.2f} drawdown {100 * m.drawdown:.2f} pt (p90 {100 * m.drawdown_p90:.2f}) "
                       f"latency {1000 * m.median_latency_s:.1f} ms", flush=True)
             print(f"{arch} seed {seed}: s/epoch normal {t_normal:.1f}, editable {t_editable:.1f} "
-                  f"(x{t_editable / t_normal:.2f}); learned beta {float(editor.beta):.3f}", flush=True)
+                  f"(x{t_editable / t_normal:.2f}); learned lr per epoch {[f'{v:.2e}' for v in trace.lr]}, "
+                  f"beta {[round(v, 3) for v in trace.beta]}; block {block}", flush=True)
             results["runs"].append(run)
             write(results, Path(args.out))  # after every run, so an interrupted benchmark keeps what it measured
 

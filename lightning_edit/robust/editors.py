@@ -14,6 +14,14 @@ et al. 2020, Eq. 3; Zhu et al. 2020)::
 over retain batches ``(x_r, y_r)`` cycled one per step. Without retain data the objective is the edit loss alone
 (Brown et al.'s editors as published) and the editor warns once.
 
+**Constrained editing (the default with retain data).** With ``budget`` set (default :data:`DEFAULT_BUDGET`) the
+edit solves ``min CE(edit) s.t. drift(θ) ≤ budget``, where drift is the locality term on the first retain batch
+minus its value at θ₀ (nats: the KL, or for ``"ce"`` the retain loss increase). ``locality_coef`` is the starting
+Lagrange multiplier, updated during the edit, and a trust region on the step size keeps every iterate feasible, so
+the result never needs a learning-rate search: ``lr`` is only the largest step size (measured in
+``benchmarks/robust_editors_fashion_mnist.py``, where a fixed penalty needed lr 1e-4 to stay local and the
+constrained edit does not). ``budget=None`` gives the fixed ``locality_coef`` penalty above.
+
 Stopping: an editor stops when the edit accuracy reaches ``target_accuracy`` or at ``max_steps`` and returns the
 iterate with the best edit accuracy, ties broken by the least drift (KL or CE on the first retain batch; without
 retain data, the squared distance of the edited parameters from the original ones).
@@ -35,6 +43,10 @@ from torch.func import functional_call
 from lightning_edit.editable.editors import EditResult, check_edit
 
 LocalityKind = Literal["kl", "ce"]
+DEFAULT_BUDGET = 0.02
+STEP_FRACTION = 0.1
+DEFAULT_RETAIN_LIMIT = 16
+DEFAULT_MAX_STEPS = 500
 Retain = Iterable[Any] | tuple[Tensor, Tensor] | None
 """Retain data: a ``(x, y)`` pair of tensors, or an iterable of ``(x, y, ...)`` batches (a DataLoader)."""
 
@@ -133,7 +145,7 @@ class _LocalEditor:
     """Shared arguments and the fitting loop of the editors below."""
 
     def __init__(self, lr: float, max_steps: int, retain: Retain, locality: LocalityKind, locality_coef: float,
-                 target_accuracy: float, retain_limit: int | None) -> None:
+                 target_accuracy: float, retain_limit: int | None, budget: float | None = None) -> None:
         if lr <= 0 or max_steps < 1:
             raise ValueError(f"Need lr > 0 and max_steps >= 1, got lr={lr}, max_steps={max_steps}.")
         if locality not in ("kl", "ce"):
@@ -147,17 +159,32 @@ class _LocalEditor:
                              "locality_coef > 0 to add the locality term, or drop retain.")
         if retain_limit is not None and retain_limit < 1:
             raise ValueError(f"retain_limit must be >= 1 (or None for every retain batch), got {retain_limit}.")
+        if budget is not None and not budget > 0:
+            raise ValueError(f"budget must be > 0 (nats of retain KL, or of retain loss increase), or None for the "
+                             f"fixed locality_coef penalty; got {budget}.")
         self.lr, self.max_steps, self.retain = lr, max_steps, retain
         self.locality, self.locality_coef, self.target_accuracy = locality, locality_coef, target_accuracy
-        self.retain_limit = retain_limit
+        self.retain_limit, self.budget = retain_limit, budget
         self.name = type(self).__name__  # who the no-retain warning names
         self._warned = False
+        if locality_coef == 0 and self._locality_options():
+            raise ValueError(f"{', '.join(self._locality_options())} only act on the locality term, which "
+                             "locality_coef=0 switches off; leave them at their defaults or set locality_coef > 0.")
+
+    def _locality_options(self) -> list[str]:
+        """The locality options set away from their defaults (read only when retain data is given)."""
+        options = {"locality": (self.locality, "kl"), "budget": (self.budget, DEFAULT_BUDGET),
+                   "retain_limit": (self.retain_limit, DEFAULT_RETAIN_LIMIT)}
+        return [f"{k}={v!r}" for k, (v, default) in options.items() if v != default]
 
     def _locality(self, original: nn.Module, x: Tensor, retain: Retain) -> Locality | None:
         if retain is not None and self.locality_coef == 0:
             raise ValueError(f"{self.name}: retain data was passed to edit() but locality_coef=0, so it would never "
                              "be read; construct the editor with locality_coef > 0, or drop retain.")
         retain = retain if retain is not None else self.retain
+        if retain is None and self.locality_coef > 0 and self._locality_options():
+            raise ValueError(f"{self.name}: {', '.join(self._locality_options())} only act on retain data, and none "
+                             "was given; pass retain= (to the constructor or to edit()), or leave them at their defaults.")
         if retain is None or self.locality_coef == 0:
             if not self._warned:
                 warnings.warn(
@@ -171,7 +198,10 @@ class _LocalEditor:
 
     def _fit(self, forward: Callable[[Tensor], Tensor], params: Sequence[Tensor], x: Tensor, y: Tensor,
              locality: Locality | None) -> EditResult:
-        """Adam on ``CE(forward(x), y) + coef · locality`` over ``params`` (updated in place) with the stop rule."""
+        """Adam on ``CE(forward(x), y) + coef · locality`` over ``params`` (updated in place) with the stop rule;
+        with retain data and a ``budget``, the constrained edit (:meth:`_fit_constrained`)."""
+        if locality is not None and self.budget is not None:
+            return self._fit_constrained(forward, params, x, y, locality)
         start = [p.detach().clone() for p in params]
 
         def drift() -> float:
@@ -207,6 +237,60 @@ class _LocalEditor:
                           edit_accuracy=best[0], drift=best[1])
 
 
+    def _fit_constrained(self, forward: Callable[[Tensor], Tensor], params: Sequence[Tensor], x: Tensor, y: Tensor,
+                         locality: Locality) -> EditResult:
+        """min CE(edit) s.t. drift ≤ budget: an adaptive multiplier on the locality term, and a trust region on steps.
+
+        ``drift`` is the locality term on the first retain batch minus its value at the original model (the KL is 0
+        there; for ``"ce"`` it is the retain loss increase). Each Adam step on ``CE + λ · locality`` (λ starts at
+        ``locality_coef``) is kept only if the drift stays within the budget; otherwise it is undone, the step size
+        halves and λ doubles. A kept step grows the step size back towards ``lr`` and moves λ by
+        ``2^(2·drift/budget − 1)`` (up near the boundary, down far from it). Every kept iterate is feasible, so the
+        best-iterate rule returns the feasible iterate with the best edit accuracy, ties broken by the least drift.
+        """
+        base = locality.drift(forward)
+        opt = torch.optim.Adam(params, lr=self.lr)
+        lam, lr = self.locality_coef, self.lr
+        best: tuple[float, float, int, list[Tensor]] | None = None
+        kept, drift, previous = 0, 0.0, 0.0
+        with torch.enable_grad():
+            for step in range(self.max_steps + 1):
+                logits = forward(x)  # the current iterate, always feasible
+                acc = float((logits.argmax(-1) == y).float().mean())
+                if best is None or acc > best[0] or (acc == best[0] and drift < best[1]):
+                    best = (acc, drift, kept, [p.detach().clone() for p in params])
+                if acc >= self.target_accuracy - 1e-9 or step == self.max_steps:
+                    break
+                saved = ([p.detach().clone() for p in params],
+                         {id(p): {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+                          for p, state in opt.state.items()})
+                loss = F.cross_entropy(logits, y) + lam * locality.loss(forward, step)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                drift = locality.drift(forward) - base
+                if drift > self.budget or drift - previous > STEP_FRACTION * self.budget:  # undo: outside the region
+                    opt.state.clear()
+                    with torch.no_grad():
+                        for p, value in zip(params, saved[0]):
+                            p.copy_(value)
+                            if id(p) in saved[1]:
+                                opt.state[p] = saved[1][id(p)]
+                    drift, lr, lam = previous, lr / 2, lam * 2
+                else:
+                    kept, previous = kept + 1, drift
+                    lr = min(lr * 1.2, self.lr)
+                    lam = min(max(lam * 2 ** (2 * drift / self.budget - 1), 1e-3), 1e6)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        with torch.no_grad():
+            for p, value in zip(params, best[3]):
+                p.copy_(value)
+            logits = forward(x)
+        return EditResult(bool((logits.argmax(-1) == y).all()), best[2], float(F.cross_entropy(logits, y)),
+                          edit_accuracy=best[0], drift=best[1] + base)
+
+
 class FineTuneEditor(_LocalEditor):
     """Fine-tune all parameters, or those of named layers, on the edit set, with an optional locality term.
 
@@ -215,22 +299,27 @@ class FineTuneEditor(_LocalEditor):
         lr: Adam learning rate. max_steps: step limit.
         retain: retain data for the locality term (also accepted by :meth:`edit`, which takes precedence).
         locality: ``"kl"`` (to the original model's predictions) or ``"ce"`` (retain labels).
-        locality_coef: weight of the locality term (0: edit loss only).
+        locality_coef: weight of the locality term (0: edit loss only); with a budget, the starting multiplier.
         target_accuracy: stop when this fraction of the edit set is right, in (0, 1].
         retain_limit: use at most this many retain batches (None: all).
+        budget: with retain data, the drift allowed (nats per retain sample; see the module docstring), > 0;
+            None: the fixed ``locality_coef`` penalty. Read only with retain data and ``locality_coef > 0``.
 
     Raises:
-        ValueError: at construction for a non-positive lr or step limit, an unknown locality, a negative coefficient,
-            a target outside (0, 1], ``retain_limit < 1``, or retain data beside ``locality_coef=0`` (it would never
-            be read); at :meth:`edit`, before the model changes, for an unknown layer name (the message lists the
-            valid ones), an empty edit set, labels outside the model's classes, retain data of another input shape,
-            or retain data passed while ``locality_coef=0``.
+        ValueError: at construction for a non-positive lr, step limit or budget, an unknown locality, a negative
+            coefficient, a target outside (0, 1], ``retain_limit < 1``, or retain data, ``locality``, ``budget`` or
+            ``retain_limit`` set beside ``locality_coef=0`` (they would never be read). At :meth:`edit`, before the
+            model changes: an unknown layer name (the message lists the valid ones), an empty edit set, labels
+            outside the model's classes, retain data of another input shape, retain data passed while
+            ``locality_coef=0``, or ``locality``, ``budget`` or ``retain_limit`` set away from their defaults with
+            no retain data.
     """
 
-    def __init__(self, layers: Sequence[str] | None = None, lr: float = 1e-3, max_steps: int = 100,
+    def __init__(self, layers: Sequence[str] | None = None, lr: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
                  retain: Retain = None, locality: LocalityKind = "kl", locality_coef: float = 1.0,
-                 target_accuracy: float = 1.0, retain_limit: int | None = 16) -> None:
-        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit)
+                 target_accuracy: float = 1.0, retain_limit: int | None = DEFAULT_RETAIN_LIMIT,
+                 budget: float | None = DEFAULT_BUDGET) -> None:
+        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit, budget)
         self.layers = list(layers) if layers is not None else None
 
     def edit(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain = None) -> tuple[nn.Module, EditResult]:
@@ -283,13 +372,14 @@ class InterpolationEditor:
     """
 
     def __init__(self, layer: str, target_accuracy: float = 1.0, num_alphas: int = 21, lr: float = 1e-3,
-                 max_steps: int = 100, retain: Retain = None, locality: LocalityKind = "kl",
-                 locality_coef: float = 1.0, retain_limit: int | None = 16) -> None:
+                 max_steps: int = DEFAULT_MAX_STEPS, retain: Retain = None, locality: LocalityKind = "kl",
+                 locality_coef: float = 1.0, retain_limit: int | None = DEFAULT_RETAIN_LIMIT,
+                 budget: float | None = DEFAULT_BUDGET) -> None:
         if not 0 < target_accuracy <= 1 or num_alphas < 2:
             raise ValueError(f"Need 0 < target_accuracy <= 1 and num_alphas >= 2, got {target_accuracy}, {num_alphas}.")
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
         self.finetune = FineTuneEditor([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
-                                       retain_limit)
+                                       retain_limit, budget)
         self.finetune.name = type(self).__name__
         self.alpha: float | None = None
 
@@ -317,6 +407,7 @@ class InterpolationEditor:
         locality = self.finetune._locality(model, x, retain)
         finetuned, tuned = self.finetune.edit_with(model, x, y, locality)
         layer0 = [p.detach() for p in get_layer(model, self.layer, weight=False).parameters()]
+        base = locality.drift(model) if locality is not None else 0.0
         best: tuple[float, float, float, nn.Module] | None = None
         for alpha in torch.linspace(0, 1, self.num_alphas).tolist():
             candidate = self.interpolate(model, finetuned, alpha).eval()
@@ -324,6 +415,8 @@ class InterpolationEditor:
                 acc = min(float((candidate(xs).argmax(-1) == ys).float().mean()), self.target_accuracy)
             if locality is not None:
                 drift = locality.drift(candidate)
+                if self.finetune.budget is not None and drift - base > self.finetune.budget:
+                    continue  # outside the constrained edit's budget
             else:
                 drift = float(sum(((p - p0) ** 2).sum() for p, p0 in zip(get_layer(candidate, self.layer, weight=False).parameters(), layer0)))
             if best is None or acc > best[0] + 1e-9 or (abs(acc - best[0]) <= 1e-9 and drift < best[1]):
@@ -349,12 +442,13 @@ class LowRankEditor(_LocalEditor):
             changes, a rank larger than ``min(out, in·k·k)`` of the layer.
     """
 
-    def __init__(self, layer: str, rank: int = 1, lr: float = 1e-2, max_steps: int = 200, seed: int = 0,
+    def __init__(self, layer: str, rank: int = 1, lr: float = 1e-2, max_steps: int = DEFAULT_MAX_STEPS, seed: int = 0,
                  retain: Retain = None, locality: LocalityKind = "kl", locality_coef: float = 1.0,
-                 target_accuracy: float = 1.0, retain_limit: int | None = 16) -> None:
+                 target_accuracy: float = 1.0, retain_limit: int | None = DEFAULT_RETAIN_LIMIT,
+                 budget: float | None = DEFAULT_BUDGET) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}.")
-        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit)
+        super().__init__(lr, max_steps, retain, locality, locality_coef, target_accuracy, retain_limit, budget)
         self.layer, self.rank, self.seed = layer, rank, seed
 
     def edit(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain = None) -> tuple[nn.Module, EditResult]:

@@ -12,6 +12,7 @@ from lightning_edit import ClassifierModule, EditableModule
 from lightning_edit.data import DigitsDataModule
 from lightning_edit.edit import make_editor
 from lightning_edit.editable import GradientEditor
+from lightning_edit.robust.editors import DEFAULT_BUDGET
 from tests.conftest import Encoder
 
 
@@ -36,12 +37,17 @@ def trained():
     ("interpolation", {"layer": "encoder.layers.1.linear2", "lr": 1e-2}),
     ("low_rank", {"layer": "encoder.layers.1.linear2", "rank": 2}),
     ("finetune", {"layers": ["encoder.layers.1.self_attn"], "lr": 1e-2}),  # in_proj and out_proj of the attention
+    ("finetune", {}),  # every parameter
 ])
 def test_robust_editors_fix_mistakes_of_a_transformer_encoder(trained, name, args):
+    """The fixed penalty on named layers, and the default constrained edit of every parameter (within its budget)."""
     model, x, y, retain = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    edited, result = make_editor(name, retain=retain, max_steps=300, **args).edit(model, x, y)
+    budget = {} if not args else {"budget": None}
+    edited, result = make_editor(name, retain=retain, max_steps=300, **args, **budget).edit(model, x, y)
     assert result.success, result
+    if not args:
+        assert result.drift <= DEFAULT_BUDGET
     with torch.no_grad():
         assert torch.equal(edited(x).argmax(1), y)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input model is untouched
