@@ -252,7 +252,7 @@ def decision_page() -> str:
     acc = "accuracy_fashion_mnist_w0.25"
     r20 = "accuracy_fashion_mnist_resnet20_30_70"
     unl = "unlearning_evaluation_resnet20"
-    rob = "robust_editors_defaults_vgg11"
+    rob, rob20 = "robust_editors_defaults_vgg11", "robust_editors_defaults_resnet20"
     dft, fixed = "fine-tune all (defaults)", "fine-tune all, fixed penalty (budget=None)"
     edi = "editable_fashion_mnist"
     met = "metanet_requirements_adult"
@@ -314,7 +314,9 @@ def decision_page() -> str:
          f"{figure(rob, 'per_seed', dft, 'clean', scale=100)} points, collateral shift "
          f"{figure(rob, 'per_seed', dft, 'collateral_shift', scale=100)}%, PGD accuracy change "
          f"{figure(rob, 'per_seed', dft, 'pgd', scale=100)} points (the same edit with a fixed penalty "
-         f"{figure(rob, 'per_seed', fixed, 'clean', scale=100)} points)",
+         f"{figure(rob, 'per_seed', fixed, 'clean', scale=100)} points); ResNet-20: success "
+         f"{figure(rob20, 'per_seed', dft, 'edit_success')}, clean {figure(rob20, 'per_seed', dft, 'clean', scale=100)} "
+         f"points, PGD {figure(rob20, 'per_seed', dft, 'pgd', scale=100)} points (a miss: the bar is −2)",
          f"[results]({'results/' + rob + '.md'})"],
         ["A model that will be corrected often", "[Editable Training](methods/editable.md): `EditableModule`",
          f"ResNet-20: drawdown edit-trained / normal {figure(edi, 'summary', 'resnet20', 'drawdown_ratio_edit_trained_over_normal', pair=True)}, "

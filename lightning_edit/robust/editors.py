@@ -44,7 +44,10 @@ from lightning_edit.editable.editors import EditResult, check_edit
 
 LocalityKind = Literal["kl", "ce"]
 DEFAULT_BUDGET = 0.02
+"""Retain drift allowed by a constrained edit (nats per retain sample), chosen on training-side data
+(``benchmarks/robust_editors_fashion_mnist.py``: the smallest budget that fixed the VGG-11 ¼ edit sets)."""
 STEP_FRACTION = 0.1
+"""The most of the budget one kept step may spend (the trust region of a constrained edit)."""
 DEFAULT_RETAIN_LIMIT = 16
 DEFAULT_MAX_STEPS = 500
 Retain = Iterable[Any] | tuple[Tensor, Tensor] | None
@@ -236,15 +239,15 @@ class _LocalEditor:
         return EditResult(bool((logits.argmax(-1) == y).all()), steps, float(F.cross_entropy(logits, y)),
                           edit_accuracy=best[0], drift=best[1])
 
-
     def _fit_constrained(self, forward: Callable[[Tensor], Tensor], params: Sequence[Tensor], x: Tensor, y: Tensor,
                          locality: Locality) -> EditResult:
         """min CE(edit) s.t. drift ≤ budget: an adaptive multiplier on the locality term, and a trust region on steps.
 
         ``drift`` is the locality term on the first retain batch minus its value at the original model (the KL is 0
         there; for ``"ce"`` it is the retain loss increase). Each Adam step on ``CE + λ · locality`` (λ starts at
-        ``locality_coef``) is kept only if the drift stays within the budget; otherwise it is undone, the step size
-        halves and λ doubles. A kept step grows the step size back towards ``lr`` and moves λ by
+        ``locality_coef``) is kept only if the drift stays within the budget and grew by at most
+        ``STEP_FRACTION · budget`` in that step; otherwise it is undone, the step size halves and λ doubles (small steps
+        found local edits where large ones within the same budget did not: 1.00 against 0.53 of a VGG edit set). A kept step grows the step size back towards ``lr`` and moves λ by
         ``2^(2·drift/budget − 1)`` (up near the boundary, down far from it). Every kept iterate is feasible, so the
         best-iterate rule returns the feasible iterate with the best edit accuracy, ties broken by the least drift.
         """
