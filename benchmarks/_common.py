@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,14 +57,20 @@ def add_pruning_arguments(ap) -> None:
     ap.add_argument("--seeds", type=int, default=3)
 
 
+def set_threads() -> None:
+    """The benchmarks' torch thread count: ``OMP_NUM_THREADS`` where set, else 2 (this machine's cores)."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+
+
 def pruning_setup(train_subset: int | None):
-    """The pruning benchmarks' common start: 2 threads, the calibration-class warning silenced, the data set up.
+    """The pruning benchmarks' common start: 2 threads (``OMP_NUM_THREADS`` where set), the calibration-class warning
+    silenced, the data set up.
 
     Returns ``(datamodule, side, x_test, y_test, example_input (1, 1, side, side))``.
     """
     import warnings
 
-    torch.set_num_threads(2)
+    set_threads()
     warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
     dm, side = datamodule(batch_size=128, train_subset=train_subset)
     dm.setup()

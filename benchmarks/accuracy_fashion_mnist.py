@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule, vgg
+from _common import RESULTS, datamodule, set_threads, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.discedit import channel_scores, prunable_layers, prune_channels, recalibrate_batchnorm
@@ -134,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     arms = {k: v for k, v in ARMS.items() if args.arms is None or k in args.arms}
     with_model_pruning = args.arms is None or MODEL_PRUNING in args.arms
-    torch.set_num_threads(2)
+    set_threads()
     warnings.filterwarnings("ignore", message=".*absent from the calibration data.*")
     tag = f"w{args.width:g}" if args.arch == "vgg11" else args.arch
     out = Path(args.out or RESULTS / f"accuracy_fashion_mnist_{tag}")

@@ -3,9 +3,10 @@
 For each architecture (SmallCNN, ResNet-20 option B) and seed, two models are trained with the same module,
 epochs, outer optimiser (Adam, lr 1e-3, gradient-norm clip 10) and data: a *normal* one (c_edit = c_loc = 0)
 and an *edit-trained* one (the authors' protocol, c_edit = c_loc = 0.01, RMSProp editor with learned β on one
-inner block; ``--coef`` and ``--edits-per-step`` for ablations). Both are then edited by the same editor (the edit-trained run's RMSProp editor, k = 10 steps,
-same block), and the normal model also by the baseline a user would try: Adam (lr 1e-3) fine-tuning of the
-same block until the edit holds (at most 100 steps, no locality term).
+inner block; ``--coef``, ``--edits-per-step`` and ``--pretrain-epochs`` for ablations). Both are then edited by
+the same editor (the edit-trained run's RMSProp editor, k = 10 steps, same block), and the normal model also by
+the baseline a user would try: Adam (lr 1e-3) fine-tuning of the same block until the edit holds (at most 100
+steps, no locality term).
 
 Edits follow the authors' ``evaluate_quality``: each of ``--edits`` test images (disjoint from the drawdown
 images) gets a uniformly random label and is applied separately to the original model; drawdown is the edited
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule
+from _common import RESULTS, datamodule, set_threads
 
 from lightning_edit import EditableModule
 from lightning_edit.edit import FineTuneEditor
@@ -52,9 +53,14 @@ class EditorTrace(L.Callback):
         self.beta.append(float(pl_module.editor.beta))
 
 
-def train(arch: str, seed: int, coef: float, epochs: int, dm, **kwargs) -> tuple[EditableModule, float, EditorTrace]:
+def train(arch: str, seed: int, coef: float, epochs: int, dm, init: dict | None = None,
+          **kwargs) -> tuple[EditableModule, float, EditorTrace]:
+    """Train ``arch`` (from the weights ``init`` where given) for ``epochs`` with c_edit = c_loc = ``coef``."""
     L.seed_everything(seed, verbose=False)
-    module = EditableModule(build(arch), edit_coef=coef, locality_coef=coef, val_edits=0, **kwargs)
+    model = build(arch)
+    if init is not None:
+        model.load_state_dict(init)
+    module = EditableModule(model, edit_coef=coef, locality_coef=coef, val_edits=0, **kwargs)
     trace = EditorTrace()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, callbacks=[trace])
@@ -80,10 +86,16 @@ def main() -> None:
     ap.add_argument("--fixed-editor-lr", action="store_true", help="keep the editor lr at 1e-3 (the authors' CIFAR value)")
     ap.add_argument("--coef", type=float, default=0.01, help="c_edit = c_loc of the edit-trained model (authors: 0.01)")
     ap.add_argument("--edits-per-step", type=int, default=1, help="edits per training step (the module's default 1)")
+    ap.add_argument("--pretrain-epochs", type=int, default=0,
+                    help="train normally this many epochs first; both arms then continue from those weights for "
+                         "--epochs (editable fine-tuning, the authors' ImageNet protocol)")
+    ap.add_argument("--editable-parameters", nargs="+", default=None, metavar="PATTERN",
+                    help="fnmatch patterns of the edited block (default: the module's 'auto' inner block; 'all': every "
+                         "parameter)")
     ap.add_argument("--skip-finetune", action="store_true", help="leave out the Adam fine-tune arm (ablations)")
     ap.add_argument("--out", default=str(RESULTS / "editable_fashion_mnist"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    set_threads()
     dm, _ = datamodule(batch_size=128, train_subset=args.train_subset)
     dm.setup("fit")
     dm.setup("test")
@@ -93,14 +105,19 @@ def main() -> None:
     test = list(zip(xs[: args.drawdown_images].split(500), ys[: args.drawdown_images].split(500)))
     edit_x = xs[-args.edits :]
     results: dict = {"settings": vars(args), "runs": []}
+    block_arg = "auto" if args.editable_parameters is None else (
+        None if args.editable_parameters == ["all"] else args.editable_parameters)
     for arch in args.archs:
         for seed in range(args.seeds):
-            normal, t_normal, _ = train(arch, seed, 0.0, args.epochs, dm)
-            editable, t_editable, trace = train(arch, seed, args.coef, args.epochs, dm,
+            init = None
+            if args.pretrain_epochs:
+                init = train(arch, seed, 0.0, args.pretrain_epochs, dm)[0].model.state_dict()
+            normal, t_normal, _ = train(arch, seed, 0.0, args.epochs, dm, init)
+            editable, t_editable, trace = train(arch, seed, args.coef, args.epochs, dm, init,
                                                 locality_reference=args.locality_reference,
-                                                edits_per_step=args.edits_per_step,
+                                                edits_per_step=args.edits_per_step, editable_parameters=block_arg,
                                                 editor=GradientEditor(learn_lr=not args.fixed_editor_lr))
-            block = editable.editable_parameters
+            block = editable.editable_parameters or ["*"]
             editor = editable.editor  # the edit-trained editor (learned β), used for both models
             layers = [name for name, m in editable.model.named_modules()  # the block's layers with weights
                       if getattr(m, "weight", None) is not None and any(fnmatch.fnmatchcase(f"{name}.weight", p) for p in block)]

@@ -54,7 +54,7 @@ from lightning_edit.metanet.baselines import (
 )
 from lightning_edit.metanet.requirements import BiasMitigation, DataMinimisation, WeightPruning
 
-from _common import RESULTS
+from _common import RESULTS, set_threads
 
 LEVELS = {  # requirement -> [(requirement arguments, editor arguments)]
     "weight_pruning": [({"sparsity": s}, {}) for s in (0.6, 0.8, 0.9)],
@@ -239,7 +239,7 @@ def main() -> None:
     if args.dataset == "digits-cnn":
         args.requirements, args.soft_levels = "weight_pruning", []
     args.models = args.models or (256 if args.dataset == "digits-cnn" else 512)
-    torch.set_num_threads(2)
+    set_threads()
     out = Path(args.out or RESULTS / f"metanet_requirements_{args.dataset}")
     if args.dataset == "adult":
         zoo = ModelZooDataModule(num_models=args.models, widths=[16, 32, 64, 128], depths=[1, 2, 3], epochs=[1, 2, 3],

@@ -1,6 +1,7 @@
 """Render the documentation's result pages, plots and decision table from ``benchmarks/results/*/results.json``.
 
     python benchmarks/render_docs.py          # rewrite docs/results/*.md, docs/results/img/*.png, docs/which-edit.md
+                                              # and README.md's generated region
     python benchmarks/render_docs.py --check  # exit 1 if a committed page differs from what its JSON produces
 
 Every number on those pages comes from a results file: each results directory becomes one page that shows all its
@@ -344,6 +345,58 @@ def decision_page() -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- README regions
+README = ROOT / "README.md"
+EDITABLE_START, EDITABLE_END = "<!-- editable-ablations:start -->", "<!-- editable-ablations:end -->"
+
+
+def _editable_setting(settings: dict[str, Any], block: list[str]) -> str:
+    """A run's protocol in words: what differs from the module's defaults."""
+    parts = [f"c = {settings.get('coef', 0.01):g}", f"{settings['epochs']} epochs"]
+    if settings.get("pretrain_epochs"):
+        parts[-1] = f"{settings['pretrain_epochs']} normal + {settings['epochs']} epochs"
+    if settings.get("fixed_editor_lr"):
+        parts.append("editor lr fixed at 1e-3")
+    if settings.get("locality_reference") == "eval":
+        parts.append("eval-mode locality reference")
+    if settings.get("edits_per_step", 1) != 1:
+        parts.append(f"{settings['edits_per_step']} edits per step")
+    parts.append("block " + ", ".join(f"`{b}`" for b in block))
+    return "; ".join(parts)
+
+
+def editable_ablations() -> list[str]:
+    """Every Editable Training run, one row per (results directory, network): what the edit-trained twin gains in
+    drawdown and pays in test error, against its normal twin under the same learned editor (per-seed means ± std)."""
+    normal, trained = "normal + RMSProp editor", "edit-trained + RMSProp editor"
+    rows = []
+    for d in sorted(RESULTS.glob("editable_fashion_mnist*/results.json")):
+        data = json.loads(d.read_text())
+        for arch in dict.fromkeys(r["arch"] for r in data["runs"]):
+            runs = [r for r in data["runs"] if r["arch"] == arch]
+            per = lambda arm, key: [r[arm][key] for r in runs]  # noqa: E731
+            pts = lambda v: [100 * x for x in v]  # noqa: E731
+            cost = [100 * (r[trained]["test_error"] - r[normal]["test_error"]) for r in runs]
+            ratio = [r[trained]["drawdown"] / max(r[normal]["drawdown"], 1e-9) for r in runs]
+            rows.append([arch, _editable_setting(data["settings"], runs[0]["editable_parameters"]), str(len(runs)),
+                         f"{fmt(pts(per(normal, 'test_error')), digits=1)} → {fmt(pts(per(trained, 'test_error')), digits=1)}",
+                         fmt(cost, digits=1),
+                         f"{fmt(pts(per(normal, 'drawdown')), digits=1)} → {fmt(pts(per(trained, 'drawdown')), digits=1)}",
+                         fmt(ratio, digits=2), fmt(per(trained, "success_rate"), digits=2),
+                         f"{statistics.fmean(r['editor_lr'] for r in runs):.1e}", f"[{d.parent.name}](docs/results/{d.parent.name}.md)"])
+    return table(["network", "protocol (Fashion-MNIST, 20,000 images)", "seeds", "test error %, normal → edit-trained",
+                  "cost (points)", "drawdown (points), normal → edit-trained", "drawdown ratio", "edit success",
+                  "editor lr at the end (mean)", "results"], rows)
+
+
+def readme() -> str:
+    """README.md with its generated region (the Editable Training ablations) rewritten from the results files."""
+    text = README.read_text()
+    head, rest = text.split(EDITABLE_START, 1)
+    _, tail = rest.split(EDITABLE_END, 1)
+    return head + EDITABLE_START + "\n" + "\n".join(editable_ablations()) + EDITABLE_END + tail
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def expected_pages() -> dict[Path, str]:
     """Every generated Markdown page, path -> text."""
@@ -356,6 +409,7 @@ def expected_pages() -> dict[Path, str]:
     index += [f"- [{name}]({name}.md)" for name in directories]
     pages[PAGES / "index.md"] = "\n".join(index) + "\n"
     pages[DOCS / "which-edit.md"] = decision_page()
+    pages[README] = readme()
     return pages
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule, vgg
+from _common import RESULTS, datamodule, set_threads, vgg
 
 from lightning_edit import ClassifierModule
 from lightning_edit.models import resnet20
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: results/robust_editors_defaults_<arch>")
     args = ap.parse_args()
     args.out = args.out or str(RESULTS / f"robust_editors_defaults_{args.arch}")
-    torch.set_num_threads(2)
+    set_threads()
     warnings.filterwarnings("ignore", message=".*nothing holds the rest of the model fixed.*")
     L.seed_everything(0, verbose=False)
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)

@@ -179,7 +179,7 @@ def main() -> None:
                     print(f"  {label} {s:.0%}: " + ", ".join(
                         f"{a} {results[f'{key}|{a}|recal'][-1]:.3f}" + (f"/{results[f'{key}|{a}|ft'][-1]:.3f}" if "ft" in cols else "")
                         for a in ARMS) + f" (auto chose {report.importance}); {time.perf_counter() - t1:.0f} s", flush=True)
-            write()
+                write()  # after every subset: a long run interrupted keeps what it measured
     write(quiet=False)
 
 

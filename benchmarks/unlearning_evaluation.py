@@ -37,7 +37,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, datamodule, vgg, write_results
+from _common import RESULTS, datamodule, set_threads, vgg, write_results
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -121,7 +121,7 @@ def main() -> None:
         stored = json.loads((directory / "results.json").read_text())
         summarise(stored["rows"], argparse.Namespace(**{**stored["settings"], "resummarise": None}), directory)
         return
-    torch.set_num_threads(2)
+    set_threads()
     out = Path(args.out or RESULTS / f"unlearning_evaluation_{args.arch}")
     digits = args.arch == "rescnn_digits"
     epochs = args.epochs or (10 if digits else 3)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule, vgg
+from _common import RESULTS, datamodule, set_threads, vgg
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="add the retrain-without-the-class arm (costly)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    set_threads()
     out = Path(args.out or RESULTS / f"unlearning_fashion_mnist_{args.arch}")
     L.seed_everything(0, verbose=False)
     dm, side = datamodule(batch_size=128, train_subset=args.train_subset)

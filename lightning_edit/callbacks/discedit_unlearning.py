@@ -36,7 +36,7 @@ from lightning_edit.callbacks._common import (
 )
 from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
-from lightning_edit.discedit.structured import enable_edit_reload
+from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload
 from lightning_edit.discedit.unlearn import (
     RECALIBRATION_BATCHES,
     check_forget_classes,
@@ -305,7 +305,8 @@ class DiscEditUnlearning(Callback):
             reduce_sum = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
             reduce_mean = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
             example = torch.zeros(self.input_shape, device=device, dtype=next(pl_module.parameters()).dtype)
-            writers = coupled_writers(pl_module, layers, example) if self.coupled else {}
+            dg = build_dependency_graph(pl_module, example)  # traced once: coupling, search sites and masks
+            writers = coupled_writers(pl_module, layers, example, dg) if self.coupled else {}
             if self.coupled:
                 layers = expand_coupled(pl_module, layers, writers)
             scores = unlearning_component_scores(
@@ -317,7 +318,8 @@ class DiscEditUnlearning(Callback):
             if self.forget_target is not None:
                 picked, ratio, calib_acc, calib_remaining = mask_until_forgotten(
                     pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,
-                    self.max_ratio, self.scope, reduce_sum, recalibrate=self.recalibrate_bn, reduce_mean=reduce_mean)
+                    self.max_ratio, self.scope, reduce_sum, recalibrate=self.recalibrate_bn, reduce_mean=reduce_mean,
+                    dg=dg)
                 search = {"ratio": ratio, "calibration_forget_acc": calib_acc, "calibration_remaining_acc": calib_remaining}
                 if calib_acc > self.forget_target:
                     rank_zero_warn(f"DiscEditUnlearning: masking max_ratio={self.max_ratio} of the components leaves the "
@@ -331,7 +333,7 @@ class DiscEditUnlearning(Callback):
                 search = {"ratio": self.fixed_ratio}
             if self.privacy_metrics:
                 self._privacy_data = self._collect_privacy_data(trainer, batches)
-            masked = mask_components(pl_module, layers, picked, example)
+            masked = mask_components(pl_module, layers, picked, example, dg)
             if self.recalibrate_bn:
                 recalibrate_batchnorm(pl_module, batches, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
         total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
