@@ -61,6 +61,7 @@ from lightning_edit.discedit.structured import (
     replay_pruning,
     select_channels,
 )
+from lightning_edit.discedit.prefix import PrefixReplay, prefix_modules
 from lightning_edit.discedit.subset import check_classes, keep_classes, subset_batches
 from lightning_edit.discedit.unlearn import (
     UnlearnReport,
@@ -72,6 +73,7 @@ from lightning_edit.discedit.unlearn import (
     maskable_layers,
     mask_until_forgotten,
     masked_accuracies,
+    record_prefix,
     coupled_writers,
     expand_coupled,
     tie_coupled_scores,
@@ -90,7 +92,8 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten", "maskable_layers",
-    "masked_accuracies", "coupled_writers", "expand_coupled", "tie_coupled_scores",
+    "masked_accuracies", "coupled_writers", "expand_coupled", "tie_coupled_scores", "record_prefix",
+    "PrefixReplay", "prefix_modules",
     "CANDIDATES", "DEFAULT_CANDIDATES", "SelectionReport", "check_candidates", "prune_with", "select_and_prune",
     "selection_accuracy", "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",
     "activation_transforms", "batchnorm_layers", "recalibrate_batchnorm", "channel_correlations", "record_correlations",

@@ -10,6 +10,7 @@ the state dict.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune as torch_prune
 
+from lightning_edit.discedit.prefix import PrefixReplay
 from lightning_edit.discedit.recalibrate import batchnorm_layers, recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, score_components, unlearning_scores
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload, prunable_layers
@@ -258,7 +260,10 @@ def mask_until_forgotten(
 
     The search only needs the forget accuracy, so candidates are measured on the forget classes' samples alone (the
     statistics are still re-estimated on all of the first batches); the remaining accuracy is measured once, at the
-    chosen ratio. With one forget class of ten this is about a third of the forward passes of measuring everything.
+    chosen ratio. The outputs of the modules that finish before the first masked site are the same for every
+    candidate: they are recorded once and replayed (:class:`~lightning_edit.discedit.prefix.PrefixReplay`, within
+    :data:`~lightning_edit.discedit.prefix.PREFIX_CACHE_BYTES`). On ResNet-20 with one forget class of ten, the
+    search costs about a fifth of the forward passes of measuring every candidate on everything.
 
     Args:
         model: the classifier; evaluated in eval mode, not modified.
@@ -284,15 +289,17 @@ def mask_until_forgotten(
     forget = torch.tensor(list(forget_classes))
     forget_batches = [(x[keep], y[keep]) for x, y in batches if (keep := torch.isin(y, forget.to(y.device))).any()]
     statistics_inputs = [x for x, _ in batches[:RECALIBRATION_BATCHES]]
+    prefix = record_prefix(model, [*layers.values(), *outputs.values()], example_input, statistics_inputs,
+                           [x for x, _ in forget_batches], recalibrate, reduce_mean)
     cache: dict[int, float] = {}
 
-    def measure(i: int, on: Sequence[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    def measure(i: int, on: Sequence[tuple[Tensor, Tensor]], replay: PrefixReplay | None = None) -> tuple[float, float]:
         return masked_accuracies(model, outputs, select_components(scores, grid[i], scope), on, forget_classes,
-                                 reduce_sum, recalibrate, reduce_mean, statistics_inputs)
+                                 reduce_sum, recalibrate, reduce_mean, statistics_inputs, replay)
 
     def forget_accuracy(i: int) -> float:
         if i not in cache:
-            cache[i] = measure(i, forget_batches)[0]
+            cache[i] = measure(i, forget_batches, prefix)[0]
         return cache[i]
 
     lo, hi = 0, len(grid) - 1
@@ -307,6 +314,49 @@ def mask_until_forgotten(
     return select_components(scores, grid[lo], scope), grid[lo], *measure(lo, batches)
 
 
+def _batchnorm_state(model: nn.Module) -> list[tuple[_BatchNorm, Tensor, Tensor, Tensor]]:
+    return [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+            for bn in batchnorm_layers(model)]
+
+
+def _restore_batchnorm(state: Sequence[tuple[_BatchNorm, Tensor, Tensor, Tensor]]) -> None:
+    for bn, mean, var, n in state:
+        bn.running_mean.copy_(mean), bn.running_var.copy_(var), bn.num_batches_tracked.copy_(n)
+
+
+@torch.no_grad()
+def record_prefix(
+    model: nn.Module,
+    sites: Sequence[nn.Module],
+    example_input: Tensor,
+    statistics_inputs: Sequence[Tensor],
+    evaluation_inputs: Sequence[Tensor],
+    recalibrate: bool,
+    reduce_mean: Callable[[Tensor], Tensor] | None = None,
+) -> PrefixReplay:
+    """Record the outputs of the modules before ``sites`` for :func:`masked_accuracies`' two phases: the BatchNorm
+    re-estimation on ``statistics_inputs`` (train mode, with ``recalibrate``) and the eval-mode measurement on
+    ``evaluation_inputs``, the latter under the re-estimated statistics, as every candidate sees them. The model's
+    statistics and mode are restored."""
+    prefix = PrefixReplay(model, sites, example_input)
+    if not prefix.active:
+        return prefix
+    state = _batchnorm_state(model) if recalibrate else []
+    was_training = model.training
+    try:
+        if state:
+            with prefix.record("statistics"):
+                recalibrate_batchnorm(model, statistics_inputs, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
+        model.eval()
+        with prefix.record("evaluation"):
+            for x in evaluation_inputs:
+                model(x)
+    finally:
+        model.train(was_training)
+        _restore_batchnorm(state)
+    return prefix
+
+
 @torch.no_grad()
 def masked_accuracies(
     model: nn.Module,
@@ -318,14 +368,16 @@ def masked_accuracies(
     recalibrate: bool = False,
     reduce_mean: Callable[[Tensor], Tensor] | None = None,
     statistics_inputs: Sequence[Tensor] | None = None,
+    prefix: PrefixReplay | None = None,
 ) -> tuple[float, float]:
     """Forget- and remaining-class accuracy on ``batches`` with channels zeroed at ``outputs`` (nothing kept).
 
     ``outputs``: layer name -> the module whose output channels ``picked[name]`` are zeroed (the BatchNorm a layer
     feeds, or the layer). With ``recalibrate``, BatchNorm statistics are re-estimated under the mask first, on
     ``statistics_inputs`` (default: the inputs of the first :data:`RECALIBRATION_BATCHES` of ``batches``), and put
-    back afterwards. Returns micro averages, summed across DDP ranks by ``reduce_sum``; a class group with no sample
-    (on every rank) has accuracy 0.
+    back afterwards. ``prefix``: outputs recorded by :func:`record_prefix` on exactly these statistics inputs and
+    ``batches``, replayed instead of computed. Returns micro averages, summed across DDP ranks by ``reduce_sum``; a
+    class group with no sample (on every rank) has accuracy 0.
     """
     forget = torch.tensor(list(forget_classes))
     handles = []
@@ -338,28 +390,29 @@ def masked_accuracies(
                 out[:, idx.to(out.device)] = 0
             return out
         handles.append(outputs[name].register_forward_hook(hook))
-    norms = batchnorm_layers(model) if recalibrate else []
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in norms]
+    saved = _batchnorm_state(model) if recalibrate else []
+    replay = prefix.replay if prefix is not None else (lambda _phase: contextlib.nullcontext())
     was_training = model.training
     try:
-        if norms:
+        if saved:
             inputs = statistics_inputs if statistics_inputs is not None else [x for x, _ in batches]
-            recalibrate_batchnorm(model, inputs, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
+            with replay("statistics"):
+                recalibrate_batchnorm(model, inputs, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
         model.eval()
         counts = torch.zeros(4, dtype=torch.float64, device=next(model.parameters()).device)
-        for x, y in batches:
-            is_forget = torch.isin(y, forget.to(y.device))
-            right = model(x).argmax(-1) == y
-            counts += torch.stack([(right & is_forget).sum(), is_forget.sum(), (right & ~is_forget).sum(),
-                                   (~is_forget).sum()]).to(counts)
+        with replay("evaluation"):
+            for x, y in batches:
+                is_forget = torch.isin(y, forget.to(y.device))
+                right = model(x).argmax(-1) == y
+                counts += torch.stack([(right & is_forget).sum(), is_forget.sum(), (right & ~is_forget).sum(),
+                                       (~is_forget).sum()]).to(counts)
         if reduce_sum is not None:
             counts = reduce_sum(counts)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-        for bn, (mean, var, n) in zip(norms, saved):
-            bn.running_mean.copy_(mean), bn.running_var.copy_(var), bn.num_batches_tracked.copy_(n)
+        _restore_batchnorm(saved)
     return float(counts[0] / counts[1].clamp_min(1)), float(counts[2] / counts[3].clamp_min(1))
 
 

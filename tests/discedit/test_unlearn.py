@@ -195,3 +195,47 @@ def test_coupled_writers_of_a_residual_stage():
     writers = coupled_writers(model, layers, torch.zeros(1, 1, 8, 8))
     assert writers["layer3.2.conv1"] == ["layer3.2.conv1"]
     assert writers["layer3.2.conv2"] == ["layer3.0.conv2", "layer3.0.shortcut.0", "layer3.1.conv2", "layer3.2.conv2"]
+
+
+def test_prefix_replay_returns_what_the_modules_compute_and_refuses_extra_passes():
+    """Replayed prefix outputs give the same logits as computing them, in-place ReLUs downstream included."""
+    from lightning_edit.discedit.prefix import PrefixReplay, prefix_modules
+    from lightning_edit.models import resnet20
+
+    net = resnet20(in_channels=1).eval()
+    assert list(prefix_modules(net, [net.layer3[0].conv1], torch.zeros(1, 1, 28, 28))) == ["conv1", "bn1", "layer1",
+                                                                                          "layer2"]
+    cnn = SmallCNN(1, 10).eval()  # nn.ReLU(inplace=True) after every BatchNorm
+    replay = PrefixReplay(cnn, [cnn.hidden], torch.zeros(1, 1, 8, 8))
+    assert list(replay.modules) == ["features", "pool"]
+    xs = [torch.randn(5, 1, 8, 8), torch.randn(3, 1, 8, 8)]
+    with torch.no_grad(), replay.record("evaluation"):
+        expected = [cnn(x) for x in xs]
+    with torch.no_grad():
+        cnn.hidden.weight.mul_(2)  # a change after the prefix shows; inputs are ignored by replayed modules
+        for _ in range(2):  # replayed twice: the stored outputs were not changed by the in-place ReLU
+            with replay.replay("evaluation"):
+                got = [cnn(torch.zeros_like(x)) for x in xs]
+        changed = [cnn(x) for x in xs]
+    assert all(torch.allclose(g, c) for g, c in zip(got, changed))
+    assert not any(torch.allclose(g, e) for g, e in zip(got, expected))
+    with torch.no_grad(), replay.replay("evaluation"), pytest.raises(RuntimeError, match="more often"):
+        for x in [*xs, xs[0]]:
+            cnn(x)
+    assert "forward" not in vars(cnn.features)  # the module's own forward is back
+    small = PrefixReplay(cnn, [cnn.hidden], torch.zeros(1, 1, 8, 8), max_bytes=100)
+    with torch.no_grad(), small.record("evaluation"):
+        cnn(xs[0])
+    assert not small.active  # over its memory budget: replay does nothing
+
+
+def test_the_search_picks_the_same_masks_with_and_without_replay(trained, monkeypatch):
+    from lightning_edit.discedit import prefix
+
+    module, _, calib = trained
+    _, with_replay = unlearn(module, calib, [3], layers=["model.hidden"])
+    monkeypatch.setattr(prefix, "PREFIX_CACHE_BYTES", 0)
+    _, without = unlearn(module, calib, [3], layers=["model.hidden"])
+    assert with_replay.masked == without.masked and with_replay.ratio == without.ratio
+    assert with_replay.calibration_forget_accuracy == without.calibration_forget_accuracy
+    assert with_replay.calibration_remaining_accuracy == without.calibration_remaining_accuracy
