@@ -140,10 +140,14 @@ class PrefixReplay:
                 return tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, out)
             return forward
 
+        own = {name: vars(module).get("forward") for name, module in self.modules.items()}  # an instance's own forward
         for name, module in self.modules.items():
             module.forward = stored(name)
         try:
             yield
         finally:
-            for module in self.modules.values():
-                del module.forward
+            for name, module in self.modules.items():
+                if own[name] is None:
+                    del module.forward
+                else:
+                    module.forward = own[name]
