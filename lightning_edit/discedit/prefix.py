@@ -33,6 +33,11 @@ def prefix_modules(model: nn.Module, sites: Sequence[nn.Module], example_input: 
     than once (shared, or in a loop) is never included, nor is one that is still running when a site starts (an
     ancestor of a site). Their outputs cannot depend on anything done at the sites.
 
+    Args:
+        model: the network; its training mode is restored afterwards.
+        sites: modules of ``model`` where an edit acts (masked layers and the BatchNorms they feed).
+        example_input: ``(1, ...)`` input on the model's device.
+
     Returns:
         name -> module, in call order; empty when no module qualifies.
     """
@@ -79,9 +84,17 @@ class PrefixReplay:
     passes must be the same, in the same order, as when recorded; a prefix module called once more than recorded
     raises. Recording stops keeping outputs once they exceed ``max_bytes``; replay is then a no-op.
 
+    Args:
+        model, sites, example_input: as :func:`prefix_modules`.
+        max_bytes: memory limit in bytes (default :data:`PREFIX_CACHE_BYTES`; 0 turns replay off).
+
     Attributes:
         modules: the prefix modules (name -> module).
-        nbytes: memory held by the recorded outputs.
+        nbytes: memory held by the recorded outputs, in bytes.
+
+    Raises:
+        RuntimeError: from :meth:`replay`, when a prefix module runs more often than it did in the recorded phase;
+            the model's own ``forward`` methods are restored first.
     """
 
     def __init__(self, model: nn.Module, sites: Sequence[nn.Module], example_input: Tensor,

@@ -337,7 +337,17 @@ def record_prefix(
     """Record the outputs of the modules before ``sites`` for :func:`masked_accuracies`' two phases: the BatchNorm
     re-estimation on ``statistics_inputs`` (train mode, with ``recalibrate``) and the eval-mode measurement on
     ``evaluation_inputs``, the latter under the re-estimated statistics, as every candidate sees them. The model's
-    statistics and mode are restored."""
+    statistics and mode are restored.
+
+    Args:
+        model, sites, example_input: as :class:`~lightning_edit.discedit.prefix.PrefixReplay`.
+        statistics_inputs, evaluation_inputs: ``(N, ...)`` input batches on the model's device, in the order
+            :func:`masked_accuracies` will run them.
+        recalibrate, reduce_mean: as :func:`mask_until_forgotten`.
+
+    Returns:
+        the replay (inactive when no module precedes the sites or the outputs exceed its memory limit).
+    """
     prefix = PrefixReplay(model, sites, example_input)
     if not prefix.active:
         return prefix
