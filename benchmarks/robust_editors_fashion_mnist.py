@@ -7,16 +7,21 @@ same kind: every misclassified test shirt (disjoint from the edit sets). Retain 
 (16 batches). Training-side check (what a user can measure without the test set, and what the default budget was
 chosen on): the collateral shift and the accuracy change on training images 2,048–6,143 (never seen by an editor).
 
-Main arms: every editor built by name with ``retain=`` and nothing else (the constrained edit,
-``budget=DEFAULT_BUDGET``). Extra rows: the fixed-penalty edit (``budget=None``, the defaults before constrained
-editing), the tuned fixed-penalty row of the earlier benchmark (Adam lr 1e-4, 300 steps), the published editor
-without retain data, and ``--budgets`` (fine-tune all at other budgets: the budget choice).
+Main arms: every editor built by name with ``retain=`` and nothing else (the constrained edit at ``budget="auto"``;
+fine-tuning every parameter adds adversarial retain examples aimed at the edit's labels). Extra rows: the
+fixed-penalty edit (``budget=None``, the defaults before constrained editing), the tuned fixed-penalty row of the
+earlier benchmark (Adam lr 1e-4, 300 steps), the published editor without retain data, ``--budgets`` (fine-tune all
+on clean retain data at other budgets: the budget choice) and ``--extra`` (fine-tune all with other arguments, e.g.
+``'{"adversarial_eps": 0}'``, the clean-retain edit that was the default before). ``--arms REGEX`` runs only the
+matching arms; with ``--reuse DIR`` the others are read from an earlier run of the same model and edit sets.
+Training-side ΔPGD: PGD accuracy change on training images 2,048–3,071 (what the adversarial default was chosen on).
 Measured on the first ``--test-images`` test images: edit success, held-out accuracy, Δclean, collateral shift
 (non-shirt images that moved to "shirt"), ΔPGD (L∞, ε in pixel units), Δ of each corruption, PGD on the edited
 examples, ms per edit. Mean ± std over the seeds; ``results.json``, ``table.md`` and ``robust_editors.png`` (Δclean vs
 edit success) are written to ``--out``.
 
     python benchmarks/robust_editors_fashion_mnist.py [--arch vgg11|resnet20] [--seeds 3] [--budgets 0.01 0.03]
+        [--extra '{"adversarial_eps": 0}'] [--arms REGEX --reuse DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import statistics
 import time
 import warnings
@@ -40,30 +46,33 @@ from lightning_edit.robust import (
     InterpolationEditor,
     LowRankEditor,
     collateral_shift,
+    pgd_attack,
     report_change,
     robustness_report,
 )
 
 LAYERS = {"vgg11": "features.25", "resnet20": "layer3.2.conv2"}  # the last conv layer
-COLUMNS = ["edit_success", "held_out", "clean", "collateral_shift", "train_shift", "train_clean", "pgd",
+COLUMNS = ["edit_success", "held_out", "clean", "collateral_shift", "train_shift", "train_clean", "train_pgd", "pgd",
            "corruption/gaussian_noise", "corruption/blur", "corruption/contrast", "edit_pgd", "ms"]
 DEFAULTS = " (defaults)"
 
 
-def editors(retain, layer: str, budgets: list[float]):
+def editors(retain, layer: str, budgets: list[float], extra: list[dict]):
     """Main arms (every editor at its defaults, given retain data), then the extra rows."""
     arms = {
         f"fine-tune all{DEFAULTS}": FineTuneEditor(retain=retain),
         f"fine-tune last conv{DEFAULTS}": FineTuneEditor([layer], retain=retain),
         f"1-LI last conv{DEFAULTS}": InterpolationEditor(layer, retain=retain),
         f"rank-1 last conv{DEFAULTS}": LowRankEditor(layer, retain=retain),
-        "fine-tune all, fixed penalty (budget=None)": FineTuneEditor(retain=retain, budget=None),
+        "fine-tune all, fixed penalty (budget=None)": FineTuneEditor(retain=retain, budget=None, adversarial_eps=0.0),
         "fine-tune all, fixed penalty, tuned (lr 1e-4, 300 steps)": FineTuneEditor(lr=1e-4, max_steps=300, retain=retain,
-                                                                                   budget=None),
+                                                                                   budget=None, adversarial_eps=0.0),
         "fine-tune all, no retain (published)": FineTuneEditor(locality_coef=0.0),
     }
-    for b in budgets:
-        arms[f"fine-tune all, budget={b}"] = FineTuneEditor(retain=retain, budget=b)
+    for b in budgets:  # the budget of the clean-retain edit
+        arms[f"fine-tune all, budget={b}"] = FineTuneEditor(retain=retain, budget=b, adversarial_eps=0.0)
+    for kwargs in extra:
+        arms["fine-tune all, " + ", ".join(f"{k}={v}" for k, v in kwargs.items())] = FineTuneEditor(retain=retain, **kwargs)
     return arms
 
 
@@ -83,6 +92,12 @@ def main() -> None:
     ap.add_argument("--edit-class", type=int, default=6)
     ap.add_argument("--arch", choices=sorted(LAYERS), default="vgg11")
     ap.add_argument("--budgets", type=float, nargs="*", default=[], help="extra fine-tune-all rows at these budgets")
+    ap.add_argument("--extra", type=json.loads, nargs="*", default=[],
+                    help='extra fine-tune-all rows, each a JSON dict of FineTuneEditor arguments: \'{"budget": 0.01}\'')
+    ap.add_argument("--arms", default=None, help="run only the arms whose name matches this regular expression")
+    ap.add_argument("--reuse", default=None, metavar="DIR",
+                    help="read the arms that --arms leaves out from DIR/results.json, an earlier run of the same model "
+                         "and edit sets (checked: same settings, base accuracy and pool)")
     ap.add_argument("--out", default=None, help="default: results/robust_editors_defaults_<arch>")
     args = ap.parse_args()
     args.out = args.out or str(RESULTS / f"robust_editors_defaults_{args.arch}")
@@ -114,6 +129,7 @@ def main() -> None:
           f"validation shirts; held-out: {len(held_x)} misclassified test shirts; retain: 2,048 training images", flush=True)
 
     rows: dict[str, dict[str, list[float]]] = {}
+    reused = reuse(args, base_acc, len(pool_x)) if args.reuse else {}
     original: dict[str, float] = {}
     for seed in range(args.seeds):
         pick = torch.randperm(len(pool_x), generator=torch.Generator().manual_seed(seed))[: args.edits]
@@ -121,7 +137,13 @@ def main() -> None:
         kw = dict(edit_x=ex, edit_y=ey, held_out_x=held_x, held_out_y=held_y, eps=args.eps, pgd_steps=args.pgd_steps,
                   input_std=std)
         original = robustness_report(model, test, **kw)
-        for name, editor in editors(retain, LAYERS[args.arch], args.budgets).items():
+        train_pgd0 = pgd_accuracy(model, train_side[:2], args.eps, args.pgd_steps, std)
+        for name, editor in editors(retain, LAYERS[args.arch], args.budgets, args.extra).items():
+            if args.arms is not None and not re.search(args.arms, name):
+                if name in reused:
+                    for k, v in reused[name].items():
+                        rows.setdefault(name, {}).setdefault(k, []).append(v[seed])
+                continue
             t0 = time.perf_counter()
             edited, result = editor.edit(model, ex, ey)
             ms = 1000 * (time.perf_counter() - t0)
@@ -132,17 +154,41 @@ def main() -> None:
             values = {"edit_success": out["edited"]["edit_success"], "held_out": out["edited"]["held_out"],
                       "collateral_shift": out["collateral_shift"], "edit_pgd": out["edited"]["edit_pgd"], "ms": ms,
                       "train_shift": collateral_shift(model, edited, train_side, args.edit_class),
-                      "train_clean": train_clean, "steps": result.steps}
+                      "train_clean": train_clean, "steps": result.steps,
+                      "train_pgd": pgd_accuracy(edited, train_side[:2], args.eps, args.pgd_steps, std) - train_pgd0}
             values.update({k: out["change"][k] for k in ("clean", "pgd", "corruption/gaussian_noise", "corruption/blur",
                                                           "corruption/contrast")})
             for k, v in values.items():
                 rows.setdefault(name, {}).setdefault(k, []).append(v)
             print(f"seed {seed} {name:<32} success {values['edit_success']:.2f} held-out {values['held_out']:.2f} "
                   f"Δclean {100 * values['clean']:+.1f} shift {100 * values['collateral_shift']:.1f}% "
-                  f"ΔPGD {100 * values['pgd']:+.1f} train-side shift {100 * values['train_shift']:.1f}% "
+                  f"ΔPGD {100 * values['pgd']:+.1f} train-side ΔPGD {100 * values['train_pgd']:+.1f} train-side shift {100 * values['train_shift']:.1f}% "
                   f"steps {result.steps} {ms:.0f} ms", flush=True)
 
         write(args, rows, original, base_acc, len(pool_x), len(held_x), final=seed == args.seeds - 1)
+
+
+def reuse(args, base_acc: float, pool: int) -> dict[str, dict[str, list[float]]]:
+    """The per-seed rows of an earlier run of the same model and edit sets (``--reuse``).
+
+    Raises:
+        ValueError: if its settings, base accuracy or pool differ (another model or other edit sets).
+    """
+    stored = json.loads((Path(args.reuse) / "results.json").read_text())
+    same = ("epochs", "train_subset", "edits", "eps", "pgd_steps", "test_images", "edit_class", "arch")
+    differ = [k for k in same if stored["settings"][k] != getattr(args, k)]
+    if differ or stored["base_test_accuracy"] != base_acc or stored["pool"] != pool or stored["seeds_done"] < args.seeds:
+        raise ValueError(f"--reuse {args.reuse} is not a run of this model and these edit sets (settings {differ}, "
+                         f"base accuracy {stored['base_test_accuracy']} vs {base_acc}, pool {stored['pool']} vs {pool}, "
+                         f"{stored['seeds_done']} seeds); rerun every arm instead.")
+    return stored["per_seed"]
+
+
+def pgd_accuracy(model, batches, eps: float, steps: int, std: float) -> float:
+    """PGD accuracy on ``batches`` (the training-side images: what a default may be chosen on)."""
+    g = torch.Generator().manual_seed(0)
+    right = [model(pgd_attack(model, x, y, eps, steps, input_std=std, generator=g)).argmax(1) == y for x, y in batches]
+    return float(torch.cat(right).float().mean())
 
 
 def accuracy(model, batches) -> float:
@@ -159,15 +205,19 @@ def meets(cols) -> bool:
 def write(args, rows, original, base_acc: float, pool: int, held: int, final: bool) -> None:
     """Table, ``results.json`` and the plot of the seeds so far (rewritten after every edit set)."""
     summary = {name: {k: mean_std(v) for k, v in cols.items()} for name, cols in rows.items()}
-    percent = ("clean", "pgd", "corruption/gaussian_noise", "corruption/blur", "corruption/contrast", "train_clean")
+    percent = ("clean", "pgd", "corruption/gaussian_noise", "corruption/blur", "corruption/contrast", "train_clean",
+               "train_pgd")
     header = ["editor", "edit success", "held-out shirts", "Δclean", "collateral shift", "train-side shift",
-              "train-side Δacc", "ΔPGD", "Δnoise", "Δblur", "Δcontrast", "edit PGD", "ms/edit", "meets the bar"]
+              "train-side Δacc", "train-side ΔPGD", "ΔPGD", "Δnoise", "Δblur", "Δcontrast", "edit PGD", "ms/edit", "meets the bar"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines.append("| original | 0.00 | " + f"{original.get('held_out', 0):.2f} | {100 * base_acc:.1f}% (acc) | — | — | — | "
-                 f"{100 * original['pgd']:.1f}% (acc) | — | — | — | {original['edit_pgd']:.2f} | — | — |")
+                 f"— | {100 * original['pgd']:.1f}% (acc) | — | — | — | {original['edit_pgd']:.2f} | — | — |")
     for name, cols in summary.items():
         cells = []
         for k in COLUMNS:
+            if k not in cols:  # a column an earlier (--reuse) run did not measure
+                cells.append("—")
+                continue
             m, s = cols[k]
             if k == "ms":
                 cells.append(f"{m:.0f} ± {s:.0f}")

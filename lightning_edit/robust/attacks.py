@@ -16,8 +16,9 @@ from torch import Tensor, nn
 def pgd_attack(
     model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, step_size: float | None = None,
     input_std: float = 1.0, random_start: bool = True, generator: torch.Generator | None = None,
+    targeted: bool = False,
 ) -> Tensor:
-    """Untargeted L∞ projected gradient ascent on the cross-entropy.
+    """Untargeted L∞ projected gradient ascent on the cross-entropy (``targeted=True``: descent towards ``y``).
 
     Args:
         model: classifier, used in its current mode (put it in eval mode first).
@@ -26,6 +27,7 @@ def pgd_attack(
         steps: iterations; step_size: per step, pixel units (default ``2.5 · eps / steps``).
         input_std: the standardisation std of the inputs.
         random_start: start uniformly inside the ball.
+        targeted: ``y`` are the classes to reach, and the cross-entropy to them is minimised.
 
     Returns:
         adversarial ``x_adv`` with ``‖x_adv - x‖_∞ <= eps / input_std``.
@@ -48,7 +50,8 @@ def pgd_attack(
         with torch.enable_grad():
             loss = F.cross_entropy(model(x + delta), y)
             (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + alpha * grad.sign()).clamp(-bound, bound)
+        direction = -grad.sign() if targeted else grad.sign()
+        delta = (delta.detach() + alpha * direction).clamp(-bound, bound)
     return (x + delta).detach()
 
 

@@ -127,6 +127,9 @@ def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained)
     picked, ratio, acc, _ = mask_until_forgotten(module, layers, report.scores, calib, [3], calib[0][0][:1],
                                               forget_target=0.0, max_ratio=0.02)
     assert ratio == 0.02 and acc > 0.0 and len(picked["model.hidden"]) == round(0.02 * 64)
+    # a lower target masks at least as much and reaches it
+    lower, lower_report = unlearn(module, calib, [3], forget_target=0.02)
+    assert calibration_forget_acc(lower) <= 0.02 and lower_report.ratio >= report.ratio
 
 
 def test_auto_layers_on_a_residual_network():

@@ -320,14 +320,19 @@ def test_constrained_edit_needs_no_learning_rate_tuning(shirts):
     0.0 points at lr 1e-3 and 1e-1 (fixed penalty: 6.7 and 87 points)."""
     model, ex, ey, retain, test = shirts
     from lightning_edit.robust import Locality
-    from lightning_edit.robust.editors import DEFAULT_BUDGET
+    from lightning_edit.robust.editors import ADVERSARIAL_BUDGET, ADVERSARIAL_EPS, DEFAULT_BUDGET
 
     for lr in (1e-3, 1e-1):
-        edited, result = FineTuneEditor(lr=lr, retain=retain).edit(model, ex, ey)
+        editor = FineTuneEditor(lr=lr, retain=retain)
+        assert (editor.budget, editor.adversarial_eps) == (DEFAULT_BUDGET, 0.0)
+        edited, result = editor.edit(model, ex, ey)
         assert result.success, lr
         assert result.drift <= DEFAULT_BUDGET
         assert Locality(model, retain[:1], "kl").drift(edited) == pytest.approx(result.drift, abs=1e-5)
         assert clean_drop(model, edited, test) <= 0.01, lr
+    # budget="auto" follows the retain data: 0.04 nats with adversarial retain examples
+    assert FineTuneEditor(retain=retain, adversarial_eps=ADVERSARIAL_EPS).budget == ADVERSARIAL_BUDGET
+    assert LowRankEditor("hidden", retain=retain, adversarial_eps=ADVERSARIAL_EPS, budget=0.01).budget == 0.01
     penalty, _ = FineTuneEditor(lr=1e-1, retain=retain, budget=None).edit(model, ex, ey)
     assert clean_drop(model, penalty, test) > 0.3
 
@@ -348,9 +353,41 @@ def test_constrained_edit_keeps_every_editor_within_the_budget(shirts):
     assert ce.drift - before <= 0.05 + 1e-6  # the retain loss increase
 
 
+def test_adversarial_retain_examples_are_held_within_the_budget(shirts):
+    """adversarial_eps joins each retain batch with its PGD examples against the original (inside the stated L∞
+    radius, on which the original is wrong more often), and the constrained edit keeps the KL on those within the
+    budget too: the returned drift covers clean and adversarial samples."""
+    from lightning_edit.robust import Locality
+
+    model, ex, ey, retain, _ = shirts
+    eps = 0.05
+    locality = Locality(model, retain[:1], "kl", adversarial_eps=eps)
+    x, y = retain[0]
+    joined, labels = locality.batches[0]
+    assert joined.shape == (2 * len(x), *x.shape[1:]) and torch.equal(labels, torch.cat([y, y]))
+    radius = eps * float(x.max() - x.min())
+    assert torch.equal(joined[: len(x)], x)
+    assert float((joined[len(x):] - x).abs().max()) <= radius + 1e-5
+    with torch.no_grad():
+        clean_right = (model(x).argmax(1) == y).float().mean()
+        adversarial_right = (model(joined[len(x):]).argmax(1) == y).float().mean()
+    assert adversarial_right < clean_right
+    assert locality.drift(model) == pytest.approx(0.0, abs=1e-6)
+    edited, result = FineTuneEditor(retain=retain, adversarial_eps=eps, budget=0.02).edit(model, ex, ey)
+    assert result.drift <= 0.02
+    aimed = Locality(model, retain[:1], "kl", adversarial_eps=eps, toward=ey.unique())
+    assert aimed.drift(edited) == pytest.approx(result.drift, abs=1e-5)
+    # aimed at the edit's labels: the original moves more of the other classes' examples to them than untargeted PGD
+    toward = ey.unique()
+    with torch.no_grad():
+        to_edit_labels = [torch.isin(model(loc.batches[0][0][len(x):]).argmax(1), toward).float().mean()
+                          for loc in (locality, aimed)]
+    assert to_edit_labels[1] > to_edit_labels[0]
+
+
 def test_constrained_edit_bad_input(shirts):
     model, ex, ey, retain, _ = shirts
-    for bad in (0.0, -0.1):
+    for bad in (0.0, -0.1, "small"):
         with pytest.raises(ValueError, match="budget must be > 0"):
             FineTuneEditor(retain=retain, budget=bad)
     with pytest.raises(ValueError, match="budget=0.5 only act on the locality term, which locality_coef=0"):
@@ -359,6 +396,10 @@ def test_constrained_edit_bad_input(shirts):
         FineTuneEditor(locality="ce").edit(model, ex, ey)
     with pytest.raises(ValueError, match="retain_limit=4 only act on retain data"):
         InterpolationEditor("hidden", retain_limit=4).edit(model, ex, ey)
+    with pytest.raises(ValueError, match="adversarial_eps must be >= 0"):
+        FineTuneEditor(retain=retain, adversarial_eps=-0.1)
+    with pytest.raises(ValueError, match="adversarial_eps=0.5 only act on retain data"):
+        FineTuneEditor(adversarial_eps=0.5).edit(model, ex, ey)
     with pytest.raises(ValueError, match="per-sample shape"):
         FineTuneEditor(retain=retain).edit(model, ex, ey, retain=(torch.zeros(4, 1, 6, 6), torch.zeros(4)))
     with pytest.raises(ValueError, match="No module with parameters called 'nope'; modules with parameters are"):
