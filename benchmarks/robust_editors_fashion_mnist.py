@@ -7,21 +7,21 @@ same kind: every misclassified test shirt (disjoint from the edit sets). Retain 
 (16 batches). Training-side check (what a user can measure without the test set, and what the default budget was
 chosen on): the collateral shift and the accuracy change on training images 2,048–6,143 (never seen by an editor).
 
-Main arms: every editor built by name with ``retain=`` and nothing else (the constrained edit at ``budget="auto"``;
-fine-tuning every parameter adds adversarial retain examples aimed at the edit's labels). Extra rows: the
+Main arms: every editor built by name with ``retain=`` and nothing else (the constrained edit at ``budget="auto"``,
+clean retain data). Extra rows: the
 fixed-penalty edit (``budget=None``, the defaults before constrained editing), the tuned fixed-penalty row of the
 earlier benchmark (Adam lr 1e-4, 300 steps), the published editor without retain data, ``--budgets`` (fine-tune all
 on clean retain data at other budgets: the budget choice) and ``--extra`` (fine-tune all with other arguments, e.g.
-``'{"adversarial_eps": 0}'``, the clean-retain edit that was the default before). ``--arms REGEX`` runs only the
+``'{"adversarial_eps": 0.03}'``, adversarial retain examples aimed at the edit's labels). ``--arms REGEX`` runs only the
 matching arms; with ``--reuse DIR`` the others are read from an earlier run of the same model and edit sets.
-Training-side ΔPGD: PGD accuracy change on training images 2,048–3,071 (what the adversarial default was chosen on).
+Training-side ΔPGD: PGD accuracy change on training images 2,048–3,071 (what ``ADVERSARIAL_EPS`` was chosen on).
 Measured on the first ``--test-images`` test images: edit success, held-out accuracy, Δclean, collateral shift
 (non-shirt images that moved to "shirt"), ΔPGD (L∞, ε in pixel units), Δ of each corruption, PGD on the edited
 examples, ms per edit. Mean ± std over the seeds; ``results.json``, ``table.md`` and ``robust_editors.png`` (Δclean vs
 edit success) are written to ``--out``.
 
     python benchmarks/robust_editors_fashion_mnist.py [--arch vgg11|resnet20] [--seeds 3] [--budgets 0.01 0.03]
-        [--extra '{"adversarial_eps": 0}'] [--arms REGEX --reuse DIR]
+        [--extra '{"adversarial_eps": 0.03}'] [--arms REGEX --reuse DIR]
 """
 
 from __future__ import annotations
