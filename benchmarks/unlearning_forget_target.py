@@ -11,8 +11,8 @@ For every seed (ResNet-20 trained as ``unlearning_evaluation.py`` trains it, the
 used for the choice) and the test split (reported only): forget accuracy, RA (drop of remaining-class accuracy,
 points) and the count of pairs with forget accuracy ≤ 5% at RA ≤ 2 points, over all pairs and over the pairs whose
 base accuracy is at least 90% (on validation for the choice, on test for the report). Choice: the target with the
-most passing high-accuracy pairs on validation, ties to the larger target (fewer weights masked). The package default
-(``DEFAULT_FORGET_TARGET``) also has to pass the mid-training durability test; see its docstring.
+most passing high-accuracy pairs on validation, ties to the larger target (fewer weights masked): the package default
+(``DEFAULT_FORGET_TARGET``), which also had to keep forgetting through mid-training fine-tuning; see its docstring.
 
     python benchmarks/unlearning_forget_target.py --arch resnet20 --seeds 3 --targets 0.05 0.02 0.0
 """

@@ -83,7 +83,7 @@ class DiscEditUnlearning(Callback):
     Args:
         forget_classes: class indices to forget.
         ratio: ``"auto"``: mask the fewest components (1% grid, at most ``max_ratio``, default 0.5) that bring the
-            forget classes' accuracy on the calibration batches to at most ``forget_target`` (default 0.05;
+            forget classes' accuracy on the calibration batches to at most ``forget_target`` (default 0.02;
             :func:`~lightning_edit.discedit.mask_until_forgotten`); a number in (0, 1): that fixed fraction, per
             layer (``scope="layer"``) or overall (``"global"``).
         forget_target, max_ratio: of ``ratio="auto"`` (an error with a fixed ratio or ``std_threshold``).
@@ -332,7 +332,8 @@ class DiscEditUnlearning(Callback):
                 picked = select_components(scores, self.fixed_ratio, self.scope, self.std_threshold)
                 search = {"ratio": self.fixed_ratio}
             if self.privacy_metrics:
-                self._privacy_data = self._collect_privacy_data(trainer, batches)
+                with torch.random.fork_rng(devices=[]):  # measuring must not change the training that follows
+                    self._privacy_data = self._collect_privacy_data(trainer, batches)
             masked = mask_components(pl_module, layers, picked, example, dg)
             if self.recalibrate_bn:
                 recalibrate_batchnorm(pl_module, batches, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
@@ -381,7 +382,8 @@ class DiscEditUnlearning(Callback):
                 f"remaining acc {r0:.4f} -> {r1:.4f} (RA {r0 - r1:.4f}), weights masked {self.report['fraction_masked']:.1%}"
             )
         if self._privacy_data is not None:
-            metrics.update(self._privacy(pl_module, suffix))
+            with torch.random.fork_rng(devices=[]):  # the validation loader's iterator draws from the global RNG
+                metrics.update(self._privacy(pl_module, suffix))
         log_metrics(trainer, pl_module, metrics, in_loop)
 
     def _collect_privacy_data(self, trainer: L.Trainer, batches: list[tuple[Tensor, Tensor]]) -> tuple:

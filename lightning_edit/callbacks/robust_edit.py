@@ -30,7 +30,9 @@ class RobustEditReport(Callback):
     ``num_edits`` are the edit set, to be fixed to their true labels; the rest are the held-out set of the same kind
     (does the fix generalise?). Each editor edits the wrapped classifier (``pl_module.model`` when it exists, else
     the LightningModule); the trained model is not changed. Editors that take ``retain=`` get ``retain_batches``
-    training batches for their locality term.
+    training batches for their locality term; a ``FineTuneEditor`` at ``adversarial_eps="auto"`` (its default) and
+    without ``select`` also gets the next ``retain_batches`` training batches as held-out data, on which it chooses
+    between its clean and its adversarial edit (its ``selection`` is kept in ``results``).
 
     Logged (``robust/...``): ``clean``, ``pgd``, ``corruption/<name>``, ``edit_success``, ``edit_pgd``,
     ``held_out`` of the original model; for the single ``editor`` the same with ``edited/`` and ``change/`` prefixes
@@ -127,14 +129,19 @@ class RobustEditReport(Callback):
             self.results = {"original": base}
             metrics.update({f"robust/{k}": v for k, v in base.items()})
             if edit_x is not None:
-                retain = self._retain(trainer, pl_module)
+                retain, select = self._retain(trainer, pl_module)
                 for label, editor in self.editors.items():
-                    edited, result = editor.edit(model, edit_x, edit_y, **({"retain": retain} if _reads_retain(editor) and retain else {}))
+                    kwargs = {"retain": retain} if _reads_retain(editor) and retain else {}
+                    if kwargs and select and _selects(editor):
+                        kwargs["select"] = select
+                    edited, result = editor.edit(model, edit_x, edit_y, **kwargs)
                     after = robustness_report(edited, batches, edit_x=edit_x, edit_y=edit_y, held_out_x=held_x,
                                               held_out_y=held_y, **kw)
                     shift = collateral_shift(model, edited, batches, int(torch.mode(edit_y.cpu()).values))
                     entry = {"edited": after, "change": report_change(after, base), "collateral_shift": shift,
                              "edit": dataclasses.asdict(result)}
+                    if getattr(editor, "selection", None) is not None:
+                        entry["selection"] = editor.selection
                     prefix = "robust/" if label == "edited" else f"robust/{label}/"
                     metrics.update({f"{prefix}edited/{k}": v for k, v in after.items()})
                     metrics.update({f"{prefix}change/{k}": v for k, v in entry["change"].items()})
@@ -148,11 +155,17 @@ class RobustEditReport(Callback):
         self._print()
         return self.results
 
-    def _retain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[tuple[Tensor, Tensor]] | None:
+    def _retain(self, trainer: L.Trainer, pl_module: L.LightningModule
+                ) -> tuple[list[tuple[Tensor, Tensor]] | None, list[tuple[Tensor, Tensor]] | None]:
+        """``(retain, select)``: the first ``retain_batches`` training batches, and the next ones of the same pass
+        (held-out data) when an editor chooses on them; None where there are none."""
         loader = stage_loader(trainer, "train") if self.retain_batches else None
         if loader is None:
-            return None
-        return list(device_batches(loader, self._inputs_targets, pl_module.device, self.retain_batches)) or None
+            return None, None
+        n = self.retain_batches
+        wanted = 2 * n if any(_selects(e) for e in self.editors.values()) else n
+        batches = list(device_batches(loader, self._inputs_targets, pl_module.device, wanted))
+        return batches[:n] or None, batches[n:] or None
 
     def _edit_sets(self, model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]):
         """``(edit_x, edit_y, held_x, held_y)``: the first ``num_edits`` misclassified samples and the rest."""
@@ -192,6 +205,12 @@ class RobustEditReport(Callback):
                 cells.append("" if value is None else f"{value:.3f} ({100 * delta:+.1f})")
             table.add_row(label, *cells, f"{entry['collateral_shift']:.1%}", str(entry["edit"]["steps"]))
         Console().print(table)
+
+
+def _selects(editor: Any) -> bool:
+    """Whether ``editor`` chooses its edit on held-out data it was not given (``adversarial_eps="auto"``)."""
+    return (_reads_retain(editor) and "select" in inspect.signature(editor.edit).parameters
+            and getattr(editor, "adversarial_eps", None) == "auto" and getattr(editor, "select", None) is None)
 
 
 def _reads_retain(editor: Any) -> bool:

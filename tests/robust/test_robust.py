@@ -291,6 +291,9 @@ def test_callback_compares_editors_by_name(tmp_path):
     for key in ("robust/ft/change/clean", "robust/low_rank/collateral_shift", "robust/held_out", "robust/edit_pgd"):
         assert key in trainer.callback_metrics
     assert cb.results["editors"]["ft"]["edit"]["drift"] is not None  # the locality term was on (retain batches given)
+    selection = cb.results["editors"]["ft"]["selection"]  # the next 2 training batches were its held-out data
+    assert selection["held_out_samples"] == 2 * 64 and set(selection["candidates"]) == {0.0, 0.03}
+    assert "selection" not in cb.results["editors"]["low_rank"]
     with pytest.raises(ValueError, match="Unknown editor"):
         RobustEditReport(editors=[{"name": "nope"}])
 
@@ -323,8 +326,8 @@ def test_constrained_edit_needs_no_learning_rate_tuning(shirts):
     from lightning_edit.robust.editors import ADVERSARIAL_BUDGET, ADVERSARIAL_EPS, DEFAULT_BUDGET
 
     for lr in (1e-3, 1e-1):
-        editor = FineTuneEditor(lr=lr, retain=retain)
-        assert (editor.budget, editor.adversarial_eps) == (DEFAULT_BUDGET, 0.0)
+        editor = FineTuneEditor(lr=lr, retain=retain)  # 8 batches < retain_limit: no held-out data, the clean edit
+        assert (editor.budget, editor.adversarial_eps) == (DEFAULT_BUDGET, "auto")
         edited, result = editor.edit(model, ex, ey)
         assert result.success, lr
         assert result.drift <= DEFAULT_BUDGET
@@ -385,6 +388,42 @@ def test_adversarial_retain_examples_are_held_within_the_budget(shirts):
     assert to_edit_labels[1] > to_edit_labels[0]
 
 
+def test_auto_keeps_the_edit_with_the_better_held_out_pgd_accuracy(shirts):
+    """adversarial_eps="auto" (the default) returns exactly one of the two explicit edits (clean, aimed at
+    ADVERSARIAL_EPS), the one with the higher edit accuracy, then held-out PGD accuracy; its recorded scores are those
+    of the explicit edits. Without held-out data it is the clean edit; a loader longer than retain_limit holds its
+    own held-out batches."""
+    from lightning_edit.robust import held_out_pgd_accuracy
+    from lightning_edit.robust.editors import ADVERSARIAL_EPS
+
+    model, ex, ey, retain, test = shirts
+    select = retain[6:]
+    explicit = {eps: FineTuneEditor(retain=retain[:6], adversarial_eps=eps).edit(model, ex, ey)
+                for eps in (0.0, ADVERSARIAL_EPS)}
+    scores = {eps: (r.edit_accuracy, held_out_pgd_accuracy(m, select)) for eps, (m, r) in explicit.items()}
+    editor = FineTuneEditor(retain=retain[:6], select=select)
+    edited, result = editor.edit(model, ex, ey)
+    chosen = editor.selection["adversarial_eps"]
+    other = ADVERSARIAL_EPS if chosen == 0.0 else 0.0
+    assert scores[chosen] > scores[other] or (scores[chosen] == scores[other] and chosen == 0.0)
+    assert {eps: tuple(c.values()) for eps, c in editor.selection["candidates"].items()} == scores
+    assert editor.selection["held_out_samples"] == 256
+    assert editor.selection["original_held_out_pgd"] == held_out_pgd_accuracy(model, select)
+    x_val = test[0][0]
+    with torch.no_grad():
+        assert torch.equal(edited(x_val), explicit[chosen][0](x_val))
+    assert result == explicit[chosen][1]
+    # no held-out data: the clean edit; a longer loader than retain_limit: the batches after it are held out
+    alone = FineTuneEditor(retain=retain[:6])
+    clean, _ = alone.edit(model, ex, ey)
+    assert alone.selection["adversarial_eps"] == 0.0 and "no held-out data" in alone.selection["reason"]
+    with torch.no_grad():
+        assert torch.equal(clean(x_val), explicit[0.0][0](x_val))
+    split = FineTuneEditor(retain=retain, retain_limit=6)
+    split.edit(model, ex, ey)
+    assert split.selection["held_out_samples"] == 256 and split.selection["candidates"] == editor.selection["candidates"]
+
+
 def test_constrained_edit_bad_input(shirts):
     model, ex, ey, retain, _ = shirts
     for bad in (0.0, -0.1, "small"):
@@ -398,6 +437,21 @@ def test_constrained_edit_bad_input(shirts):
         InterpolationEditor("hidden", retain_limit=4).edit(model, ex, ey)
     with pytest.raises(ValueError, match="adversarial_eps must be >= 0"):
         FineTuneEditor(retain=retain, adversarial_eps=-0.1)
+    with pytest.raises(ValueError, match=r"adversarial_eps must be >= 0 .* or 'auto'.*got 'max'"):
+        FineTuneEditor(retain=retain, adversarial_eps="max")
+    for editor in (functools.partial(LowRankEditor, "hidden"), functools.partial(InterpolationEditor, "hidden")):
+        with pytest.raises(ValueError, match="'auto' .* is implemented for FineTuneEditor only"):
+            editor(retain=retain, adversarial_eps="auto")
+    with pytest.raises(ValueError, match="select= .* is read only with adversarial_eps='auto'"):
+        FineTuneEditor(retain=retain, adversarial_eps=0.0, select=retain)
+    with pytest.raises(ValueError, match="select= .* is read only with adversarial_eps='auto'"):
+        FineTuneEditor(retain=retain, adversarial_eps=0.0).edit(model, ex, ey, select=retain)
+    with pytest.raises(ValueError, match="select only act on the locality term, which locality_coef=0"):
+        FineTuneEditor(locality_coef=0, select=retain)
+    with pytest.raises(ValueError, match="select= chooses between edits with a locality term, which needs retain"):
+        FineTuneEditor(select=retain).edit(model, ex, ey)
+    with pytest.raises(ValueError, match="per-sample shape"):
+        FineTuneEditor(retain=retain, select=(torch.zeros(4, 1, 6, 6), torch.zeros(4))).edit(model, ex, ey)
     with pytest.raises(ValueError, match="adversarial_eps=0.5 only act on retain data"):
         FineTuneEditor(adversarial_eps=0.5).edit(model, ex, ey)
     with pytest.raises(ValueError, match="per-sample shape"):
