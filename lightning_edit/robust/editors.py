@@ -164,6 +164,18 @@ class Locality:
             return float(self.loss(forward, 0))
 
 
+def _radius(batches: list[tuple[Tensor, Tensor]], eps: float) -> float:
+    """``eps`` times the value range ``max − min`` of the batches' inputs (an L∞ radius in input units)."""
+    inputs = torch.cat([x for x, _ in batches])
+    return eps * float(inputs.max() - inputs.min())
+
+
+def _auto_unsupported(name: str) -> ValueError:
+    return ValueError(f"adversarial_eps='auto' (choosing between the clean and the adversarial edit on held-out data) "
+                      f"is implemented for FineTuneEditor only; give {name} a radius >= 0 (0: clean retain data, "
+                      f"{ADVERSARIAL_EPS}: the measured radius).")
+
+
 def _with_adversarial(original: nn.Module, batches: list[tuple[Tensor, Tensor]], kind: LocalityKind, eps: float,
                       toward: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
     """Each ``(x, y)`` joined by its PGD examples against ``original``: ``(cat[x, x_adv], cat[y, y])``.
@@ -171,8 +183,7 @@ def _with_adversarial(original: nn.Module, batches: list[tuple[Tensor, Tensor]],
     ``toward (K,)``: classes the edit moves inputs to; a sample the original gives another class is attacked towards
     the one of them it scores highest (targeted PGD), the others untargeted.
     """
-    inputs = torch.cat([x for x, _ in batches])
-    radius = eps * float(inputs.max() - inputs.min())
+    radius = _radius(batches, eps)
     generator = torch.Generator().manual_seed(0)
     joined = []
     for x, y in batches:
@@ -197,10 +208,11 @@ def held_out_pgd_accuracy(model: nn.Module, batches: list[tuple[Tensor, Tensor]]
     ``FineTuneEditor(adversarial_eps="auto")``.
 
     The radius is ``eps`` times the value range ``max − min`` of the inputs (pixel units for standardised [0, 1]
-    images, as for ``adversarial_eps``); random starts are seeded, so the same model always scores the same.
+    images, as for ``adversarial_eps``); random starts are seeded, so the same model always scores the same. The
+    attack is :func:`~lightning_edit.robust.pgd_attack` (Madry et al., ICLR 2018), 10 steps by default; using its
+    accuracy to choose between edits is ours, not Brown et al.'s.
     """
-    inputs = torch.cat([x for x, _ in batches])
-    radius = eps * float(inputs.max() - inputs.min())
+    radius = _radius(batches, eps)
     generator = torch.Generator().manual_seed(0)
     was_training = model.training
     model.eval()
@@ -212,7 +224,7 @@ def held_out_pgd_accuracy(model: nn.Module, batches: list[tuple[Tensor, Tensor]]
                 right += int((model(x_adv).argmax(-1) == y).sum())
     finally:
         model.train(was_training)
-    return right / len(inputs)
+    return right / sum(len(x) for x, _ in batches)
 
 
 def retain_batches(retain: Retain, device: torch.device, input_shape: torch.Size, limit: int | None = None
@@ -262,9 +274,7 @@ class _LocalEditor:
         if retain_limit is not None and retain_limit < 1:
             raise ValueError(f"retain_limit must be >= 1 (or None for every retain batch), got {retain_limit}.")
         if adversarial_eps == "auto" and self._eps_default != "auto":
-            raise ValueError(f"adversarial_eps='auto' (choosing between the clean and the adversarial edit on held-out "
-                             f"data) is implemented for FineTuneEditor only; give {type(self).__name__} a radius >= 0 "
-                             f"(0: clean retain data, {ADVERSARIAL_EPS}: the measured radius).")
+            raise _auto_unsupported(type(self).__name__)
         if adversarial_eps != "auto" and (isinstance(adversarial_eps, str) or not adversarial_eps >= 0):
             raise ValueError(f"adversarial_eps must be >= 0 (the L∞ radius of the adversarial retain examples, as a "
                              f"fraction of the retain inputs' value range; 0: clean retain data only) or 'auto' "
@@ -588,9 +598,7 @@ class InterpolationEditor:
         if not 0 < target_accuracy <= 1 or num_alphas < 2:
             raise ValueError(f"Need 0 < target_accuracy <= 1 and num_alphas >= 2, got {target_accuracy}, {num_alphas}.")
         if adversarial_eps == "auto":
-            raise ValueError(f"adversarial_eps='auto' (choosing between the clean and the adversarial edit on held-out "
-                             f"data) is implemented for FineTuneEditor only; give InterpolationEditor a radius >= 0 "
-                             f"(0: clean retain data, {ADVERSARIAL_EPS}: the measured radius).")
+            raise _auto_unsupported("InterpolationEditor")
         self.layer, self.target_accuracy, self.num_alphas = layer, target_accuracy, num_alphas
         self.finetune = _OneLayerFineTune([layer], lr, max_steps, retain, locality, locality_coef, target_accuracy,
                                        retain_limit, budget, adversarial_eps)
