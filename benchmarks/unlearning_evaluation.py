@@ -23,6 +23,9 @@ images until half of 256 held-out forget images are right again; capped at ``--r
 
     python benchmarks/unlearning_evaluation.py --arch resnet20 --seeds 3 --classes 0 3 8
     python benchmarks/unlearning_evaluation.py --arch rescnn_digits   # a user's residual CNN, seconds
+    # rerun only the DISCEDIT-U arms after a default changed; the other arms' rows come from the stored run:
+    python benchmarks/unlearning_evaluation.py --arch vgg11 --classes 1 8 --arms "DISCEDIT-U" "DISCEDIT-U + FT" \
+        --reuse benchmarks/results/unlearning_evaluation_vgg11
 """
 
 from __future__ import annotations
@@ -113,6 +116,9 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--out", default=None)
     ap.add_argument("--resummarise", default=None, metavar="DIR", help="only rewrite DIR's table and summary")
+    ap.add_argument("--reuse", default=None, metavar="DIR",
+                    help="run only --arms and take every other arm's rows from DIR's results.json (same seeds, "
+                         "classes and networks: the base accuracies must match bit for bit)")
     args = ap.parse_args()
     if args.resummarise:
         import json
@@ -142,6 +148,14 @@ def main() -> None:
 
     opt = functools.partial(torch.optim.Adam, lr=2e-3 if not digits else 3e-3)
     ft_opt = functools.partial(torch.optim.Adam, lr=args.ft_lr)
+    reused = []
+    if args.reuse:
+        import json
+
+        stored = json.loads((Path(args.reuse) / "results.json").read_text())
+        reused = [r for r in stored["rows"] if r["arm"] not in args.arms
+                  and r["seed"] < args.seeds and r["class"] in args.classes]
+        args.arms = [a for a in ARMS if a in args.arms or any(r["arm"] == a for r in reused)]
     rows = []
     for seed in range(args.seeds):
         L.seed_everything(seed, verbose=False)
@@ -161,7 +175,14 @@ def main() -> None:
             relearn_x = subsample((xt, yt), [c], 32, generator=gen)
             forget_val = subsample((xv, yv), [c], 256, generator=gen)
             f0, r0 = forget_remaining_accuracy(base, (xs, ys), [c])
+            stored_pair = [r for r in reused if (r["seed"], r["class"]) == (seed, c)]
+            if any((r["base_forget_acc"], r["base_remaining_acc"]) != (f0, r0) for r in stored_pair):
+                raise SystemExit(f"--reuse {args.reuse}: seed {seed}, class {c} was measured on another network "
+                                 "(base accuracies differ); run every arm instead")
             for arm in args.arms:
+                if any(r["arm"] == arm for r in stored_pair):
+                    rows += [r for r in stored_pair if r["arm"] == arm]
+                    continue
                 L.seed_everything(seed, verbose=False)
                 row = {"seed": seed, "class": c, "arm": arm, "base_forget_acc": f0, "base_remaining_acc": r0}
                 t0 = time.perf_counter()
