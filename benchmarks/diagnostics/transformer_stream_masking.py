@@ -41,7 +41,7 @@ from _common import RESULTS, set_threads, write_results
 from lightning_edit import ClassifierModule
 from lightning_edit.data import DigitsDataModule
 from lightning_edit.discedit import unlearn
-from lightning_edit.discedit.moments import ClassConditionalMoments, component_features
+from lightning_edit.discedit.moments import collect_moments
 from lightning_edit.discedit.scores import unlearning_scores
 from lightning_edit.discedit.unlearn import DEFAULT_FORGET_TARGET
 
@@ -69,17 +69,9 @@ def accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: int) -> tu
     return float((pred[y == c] == c).float().mean()), float((pred[y != c] == y[y != c]).float().mean())
 
 
-@torch.no_grad()
 def stream_scores(model: Encoder, x: torch.Tensor, y: torch.Tensor, c: int) -> torch.Tensor:
     """DISCEDIT-U's score of each stream dimension, ``(32,)``, on the last LayerNorm's output."""
-    seen = []
-    hook = model.encoder.layers[-1].norm2.register_forward_hook(lambda _m, _i, o: seen.append(o))
-    try:
-        model(x)
-    finally:
-        hook.remove()
-    moments = ClassConditionalMoments.zeros(10, seen[0].shape[-1], 2)
-    moments.update(component_features(seen[0]), y)
+    moments = collect_moments(model, {"norm": model.encoder.layers[-1].norm2}, [(x, y)], 10)["norm"]
     return unlearning_scores(moments, c)
 
 

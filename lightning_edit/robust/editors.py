@@ -517,13 +517,13 @@ class FineTuneEditor(_LocalEditor):
                                  "data and locality_coef > 0; pass retain= or drop select.")
             self.selection = None
             return self.edit_with(model, x, y, self._locality(model, x, retain, y))
-        return self._edit_auto(model, x, y, retain, select)
+        return self._edit_auto(model, x, y, retain, given, select)
 
-    def _edit_auto(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain, select: Retain
+    def _edit_auto(self, model: nn.Module, x: Tensor, y: Tensor, retain: Retain, given: Retain, select: Retain
                    ) -> tuple[nn.Module, EditResult]:
         """``adversarial_eps="auto"``: the clean edit and the aimed one, the one with the best edit accuracy, then
-        held-out PGD accuracy, kept (ties: the clean one)."""
-        given = retain if retain is not None else self.retain
+        held-out PGD accuracy, kept (ties: the clean one). ``given``: the retain data in force (``retain`` or the
+        constructor's)."""
         shape = x.shape[1:]
         if select is not None:
             batches = retain_batches(given, x.device, shape, self.retain_limit)
