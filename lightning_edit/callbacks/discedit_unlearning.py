@@ -38,8 +38,10 @@ from lightning_edit.discedit.recalibrate import recalibrate_batchnorm
 from lightning_edit.discedit.scores import check_discedit_options, check_random_seed, get_witness
 from lightning_edit.discedit.structured import build_dependency_graph, enable_edit_reload
 from lightning_edit.discedit.unlearn import (
+    DEFAULT_FORGET_TARGET,
     RECALIBRATION_BATCHES,
     check_forget_classes,
+    check_refit_steps,
     coupled_writers,
     default_unlearning_layers,
     expand_coupled,
@@ -47,6 +49,8 @@ from lightning_edit.discedit.unlearn import (
     maskable_layers,
     mask_components,
     mask_until_forgotten,
+    refit_forget_rows,
+    refit_skipped_message,
     resolve_masking,
     select_components,
     tie_coupled_scores,
@@ -110,6 +114,12 @@ class DiscEditUnlearning(Callback):
         coupled: mask a channel in every layer that writes it (a residual stream's writers,
             :func:`~lightning_edit.discedit.coupled_writers`), so it leaves the stream; False: each layer picks its own
             channels (the paper).
+        refit_steps: after masking, re-fit the forget classes' classifier rows for this many Adam steps on the
+            calibration batches' remaining-class samples, as a network retrained without them has them
+            (:func:`~lightning_edit.discedit.unlearn.refit_forget_rows`; gradients averaged across DDP ranks); default
+            :data:`~lightning_edit.discedit.unlearn.DEFAULT_REFIT_STEPS`; 0: rows left as trained. Only when the masks
+            alone bring the forget classes' calibration accuracy to ``forget_target`` or below (summed across ranks);
+            otherwise the rows stay as trained and the log says so (``report["refit_steps"]`` is 0).
         evaluate: measure per-class accuracy on the validation loader before and after.
         inputs_targets: ``batch -> (inputs, class_indices)``.
         plot: save the per-class accuracy plot (it needs the accuracies: none with ``evaluate=False``, which says so).
@@ -126,12 +136,13 @@ class DiscEditUnlearning(Callback):
         ValueError: at construction for an empty class list, a ratio neither ``"auto"`` nor in (0, 1),
             ``forget_target``/``max_ratio`` with a fixed ratio or ``std_threshold``, a fixed ratio or
             ``scope="global"`` with ``std_threshold``, a ``seed`` other than 0 with an importance other than
-            ``"random"``, fine-tuning without an
+            ``"random"``, a negative ``refit_steps`` or one with ``importance="none"``, fine-tuning without an
             ``unlearn_epoch``, ``"start"`` without fine-tuning, an unknown witness or importance, a non-default
             witness with another importance (it would not be read); at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
             ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
-            model's outputs or covering all of them, ``privacy_metrics`` without a validation loader or with
+            model's outputs or covering all of them, ``refit_steps > 0`` on a model whose last layer is not a
+            Linear, ``privacy_metrics`` without a validation loader or with
             ``evaluate=False``, an empty calibration loader, calibration targets that are
             not class indices, or tuple batches when fine-tuning (they cannot be edited in place: use lists or
             dicts); at the edit, before the model changes, for a forget class absent from the calibration
@@ -165,6 +176,7 @@ class DiscEditUnlearning(Callback):
         forget_target: float | None = None,
         max_ratio: float | None = None,
         privacy_metrics: bool = False,
+        refit_steps: int | None = None,
     ) -> None:
         if not forget_classes:
             raise ValueError("forget_classes is empty; name at least one class index to forget.")
@@ -185,6 +197,12 @@ class DiscEditUnlearning(Callback):
         get_witness(witness)
         check_discedit_options(importance, witness=(witness, "fisher"))
         check_random_seed(importance, seed)
+        steps = check_refit_steps(refit_steps)
+        if refit_steps and importance == "none":
+            raise ValueError("refit_steps re-fits the rows after masking, but importance='none' masks nothing; "
+                             "drop refit_steps or choose a masking importance.")
+        self.refit_steps = refit_steps
+        self._refit = 0 if importance == "none" else steps
         self.forget_classes = sorted(set(int(c) for c in forget_classes))
         self.ratio, self.std_threshold, self.scope = ratio, std_threshold, scope
         self.unlearn_epoch, self.finetune_epochs = unlearn_epoch, finetune_epochs
@@ -235,6 +253,8 @@ class DiscEditUnlearning(Callback):
         self.num_classes, self.input_shape = probe_classifier(
             trainer, pl_module, self.calibration_source, self.get_inputs_targets, "DiscEditUnlearning"
         )
+        example = torch.zeros(self.input_shape, device=pl_module.device, dtype=next(pl_module.parameters()).dtype)
+        self._refit = 0 if self.importance == "none" else check_refit_steps(self.refit_steps, pl_module, example)
         check_forget_classes(self.forget_classes, self.num_classes)
         if self.privacy_metrics and (not self.evaluate or stage_loader(trainer, "val") is None):
             raise ValueError("DiscEditUnlearning(privacy_metrics=True) needs a validation loader (its samples are the "
@@ -295,7 +315,7 @@ class DiscEditUnlearning(Callback):
         device = pl_module.device
         before = self._per_class(trainer, pl_module)
         layers = maskable_layers(pl_module, self._layer_patterns(pl_module))
-        masked = total = 0
+        masked = total = refit = 0
         picked: dict[str, Tensor] = {}
         search: dict[str, Any] = {}
         if self.importance != "none":
@@ -315,11 +335,13 @@ class DiscEditUnlearning(Callback):
             )
             if self.coupled:
                 scores = tie_coupled_scores(scores, writers)
+            head_inputs: list[tuple[Tensor, Tensor]] | None = None
             if self.forget_target is not None:
+                head_inputs = [] if self._refit else None  # the edited model's classifier inputs, recorded by the search
                 picked, ratio, calib_acc, calib_remaining = mask_until_forgotten(
                     pl_module, layers, scores, batches, self.forget_classes, example, self.forget_target,
                     self.max_ratio, self.scope, reduce_sum, recalibrate=self.recalibrate_bn, reduce_mean=reduce_mean,
-                    dg=dg)
+                    dg=dg, head_inputs=head_inputs)
                 search = {"ratio": ratio, "calibration_forget_acc": calib_acc, "calibration_remaining_acc": calib_remaining}
                 if calib_acc > self.forget_target:
                     rank_zero_warn(f"DiscEditUnlearning: masking max_ratio={self.max_ratio} of the components leaves the "
@@ -337,6 +359,14 @@ class DiscEditUnlearning(Callback):
             masked = mask_components(pl_module, layers, picked, example, dg)
             if self.recalibrate_bn:
                 recalibrate_batchnorm(pl_module, batches, RECALIBRATION_BATCHES, reduce_mean=reduce_mean)
+            refit = self._refit
+            ceiling = self.forget_target if self.forget_target is not None else DEFAULT_FORGET_TARGET
+            if refit and not refit_forget_rows(pl_module, batches, self.forget_classes, refit, reduce_mean=reduce_mean,
+                                               head_inputs=head_inputs, max_forget_accuracy=ceiling,
+                                               reduce_sum=reduce_sum):
+                (rank_zero_warn if self.refit_steps is not None else rank_zero_info)(
+                    "DiscEditUnlearning: " + refit_skipped_message(self.forget_classes, ceiling))
+                refit = 0
         total = sum(math.prod(getattr(m, "weight_orig", m.weight).shape) for m in layers.values())
         self.done_epoch = trainer.current_epoch
         self._forget = torch.tensor(self.forget_classes, device=device)
@@ -344,6 +374,7 @@ class DiscEditUnlearning(Callback):
             "epoch": trainer.current_epoch,
             "masked": {n: i.tolist() for n, i in picked.items()},
             "fraction_masked": masked / max(1, total),
+            "refit_steps": refit,
             **search,
             "per_class_before": before.tolist() if before is not None else None,
         }

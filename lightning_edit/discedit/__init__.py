@@ -74,6 +74,7 @@ from lightning_edit.discedit.unlearn import (
     mask_until_forgotten,
     masked_accuracies,
     record_prefix,
+    refit_forget_rows,
     coupled_writers,
     expand_coupled,
     tie_coupled_scores,
@@ -92,7 +93,7 @@ from lightning_edit.discedit.witness import (
 __all__ = [
     "UnlearnReport", "check_forget_classes", "component_parameters", "forget_retain_accuracy", "mask_components",
     "select_components", "unlearn", "unlearning_component_scores", "default_unlearning_layers", "mask_until_forgotten", "maskable_layers",
-    "masked_accuracies", "coupled_writers", "expand_coupled", "tie_coupled_scores", "record_prefix",
+    "masked_accuracies", "coupled_writers", "expand_coupled", "tie_coupled_scores", "record_prefix", "refit_forget_rows",
     "PrefixReplay", "prefix_modules",
     "CANDIDATES", "DEFAULT_CANDIDATES", "SelectionReport", "check_candidates", "prune_with", "select_and_prune",
     "selection_accuracy", "IMPORTANCES", "SPARSITY_TYPES", "TORCH_PRUNING_IMPORTANCES", "PruneResult", "channel_scores", "max_sparsity", "prune_channels", "torch_pruning_scores",

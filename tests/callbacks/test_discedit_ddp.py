@@ -112,12 +112,14 @@ def test_ddp_spawn_auto_selection_makes_the_same_choice_on_every_rank(tmp_path, 
 
 
 class SameMasksOnEveryRank(L.Callback):
-    """At the end of fit, all-gather each rank's masked-component indices and BatchNorm statistics; any difference
-    fails the spawned rank (and so the test)."""
+    """At the end of fit, all-gather each rank's masked-component indices, BatchNorm statistics and classifier (whose
+    forget row is re-fitted on each rank's shard with averaged gradients); any difference fails the spawned rank (and
+    so the test)."""
 
     def on_fit_end(self, trainer, pl_module):
         state = [b.detach().double().flatten() for n, b in pl_module.named_buffers()
                  if n.endswith(("_mask", "running_mean", "running_var"))]
+        state += [p.detach().double().flatten() for p in pl_module.model.fc.parameters()]
         mine = torch.cat(state)
         gathered = trainer.strategy.all_gather(mine)
         assert gathered.ndim == 2 and torch.allclose(gathered[0], gathered[1], atol=1e-6), "ranks disagree"
@@ -133,7 +135,7 @@ def test_ddp_spawn_unlearning_with_batchnorm_re_estimation_agrees_across_ranks(t
     torch.manual_seed(0)
     module = ClassifierModule(ResCNN(), optimizer=functools.partial(torch.optim.SGD, lr=0.0))
     cb = DiscEditUnlearning([3], unlearn_epoch=0, calibration_batches=None, calibration_source="val", plot=False,
-                            evaluate=False)
+                            evaluate=False, refit_steps=50)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=2,
         callbacks=[cb, SameMasksOnEveryRank(), fresh_ddp_env], logger=False, enable_checkpointing=False,

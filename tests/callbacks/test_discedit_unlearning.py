@@ -91,6 +91,8 @@ def test_at_fit_end_and_retain_only_baseline(tmp_path):
     ({"forget_classes": [1], "ratio": 1.5}, r"ratio must be 'auto' or in \(0, 1\)"),
     ({"forget_classes": [1], "finetune_epochs": 1}, "needs an unlearn_epoch"),
     ({"forget_classes": [1], "importance": "magic"}, "importance"),
+    ({"forget_classes": [1], "refit_steps": -1}, "refit_steps must be an integer >= 0"),
+    ({"forget_classes": [1], "importance": "none", "refit_steps": 10}, "importance='none' masks nothing"),
     ({"forget_classes": [1], "importance": "l1", "witness": "mpm"}, r"witness='mpm' only change\(s\) DISCEDIT's scores; importance='l1'"),
 ])
 def test_bad_arguments(kwargs, match):

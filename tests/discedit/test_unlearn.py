@@ -103,7 +103,7 @@ def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained)
 
     module, dm, calib = trained
     assert default_unlearning_layers(module) == ["model.hidden"]  # last third of features.0, features.4, hidden
-    edited, report = unlearn(module, calib, [3], forget_target=0.05)
+    edited, report = unlearn(module, calib, [3], forget_target=0.05, refit_steps=0)  # the search's masks alone
     assert list(report.masked) == ["model.hidden"] and report.ratio is not None and 0 < report.ratio <= 0.5
 
     def calibration_forget_acc(model, forget=True):
@@ -117,7 +117,7 @@ def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained)
     # the search measures forget samples only; the remaining accuracy it reports is measured at the chosen ratio
     assert report.calibration_remaining_accuracy == pytest.approx(calibration_forget_acc(edited, forget=False))
     if report.ratio > 0.01:  # one grid step less does not reach the target
-        fewer, _ = unlearn(module, calib, [3], ratio=round(report.ratio - 0.01, 2))
+        fewer, _ = unlearn(module, calib, [3], ratio=round(report.ratio - 0.01, 2), refit_steps=0)
         assert calibration_forget_acc(fewer) > 0.05
     f1, r1 = accuracy(edited, dm, [3])
     f0, r0 = accuracy(module, dm, [3])
@@ -128,7 +128,7 @@ def test_auto_defaults_mask_the_fewest_components_that_reach_the_target(trained)
                                               forget_target=0.0, max_ratio=0.02)
     assert ratio == 0.02 and acc > 0.0 and len(picked["model.hidden"]) == round(0.02 * 64)
     # a lower target masks at least as much and reaches it
-    lower, lower_report = unlearn(module, calib, [3], forget_target=0.02)
+    lower, lower_report = unlearn(module, calib, [3], forget_target=0.02, refit_steps=0)
     assert calibration_forget_acc(lower) <= 0.02 and lower_report.ratio >= report.ratio
 
 
@@ -184,7 +184,7 @@ def test_residual_defaults_forget_and_the_forgetting_survives_new_batchnorm_stat
     assert _test_accuracy(edited, dm, [3])[0] <= 0.05
     # the paper's procedure (statistics left stale, writers masked apart) masks half the components and its
     # forgetting does not survive: what this test guards against
-    paper, _ = unlearn(module, calib, [3], recalibrate=False, coupled=False)
+    paper, _ = unlearn(module, calib, [3], recalibrate=False, coupled=False, refit_steps=0)
     recalibrate_batchnorm(paper, [b[0] for b in zip(x.split(64))][:20])
     assert _test_accuracy(paper, dm, [3])[0] > 0.5
 
@@ -242,3 +242,101 @@ def test_the_search_picks_the_same_masks_with_and_without_replay(trained, monkey
     assert with_replay.masked == without.masked and with_replay.ratio == without.ratio
     assert with_replay.calibration_forget_accuracy == without.calibration_forget_accuracy
     assert with_replay.calibration_remaining_accuracy == without.calibration_remaining_accuracy
+
+
+def test_row_refit_moves_only_the_forget_row_and_slows_relearning(trained_residual_digits):
+    """The classifier-row re-fit changes row c and nothing else, lowers the remaining-class cross-entropy it descends,
+    and makes the class slower to relearn from 32 samples than masking alone (``refit_steps=0``)."""
+    from lightning_edit.discedit.unlearn import DEFAULT_REFIT_STEPS
+    from lightning_edit.unlearning import relearn_steps, subsample
+
+    module, dm = trained_residual_digits
+    x, y = dm.train_set.x, dm.train_set.y
+    calib = list(zip(x[:1024].split(64), y[:1024].split(64)))
+    plain, _ = unlearn(module, calib, [3], refit_steps=0)
+    refit, report = unlearn(module, calib, [3])
+    assert DEFAULT_REFIT_STEPS > 0 and report.refit_steps == DEFAULT_REFIT_STEPS
+    before, after = plain.state_dict(), refit.state_dict()
+    for k in before:
+        if k not in ("model.fc.weight", "model.fc.bias"):
+            assert torch.equal(before[k], after[k]), k
+    others = [c for c in range(10) if c != 3]
+    assert torch.equal(before["model.fc.weight"][others], after["model.fc.weight"][others])
+    assert torch.equal(before["model.fc.bias"][others], after["model.fc.bias"][others])
+    assert not torch.equal(before["model.fc.weight"][3], after["model.fc.weight"][3])
+    rest = torch.cat([b[0][b[1] != 3] for b in calib]), torch.cat([b[1][b[1] != 3] for b in calib])
+    plain.eval(), refit.eval()
+    assert _test_accuracy(plain, dm, [3])[0] <= 0.05  # the masks forget; the re-fit does not do the forgetting
+    with torch.no_grad():
+        ce = [torch.nn.functional.cross_entropy(m(rest[0]), rest[1]) for m in (plain, refit)]
+    assert ce[1] < ce[0]
+    assert _test_accuracy(refit, dm, [3])[1] >= _test_accuracy(plain, dm, [3])[1]
+    forget_eval = subsample((dm.val_set.x, dm.val_set.y), [3])
+    relearn_from = subsample((x, y), [3], 32, generator=torch.Generator().manual_seed(0))
+    slow = [relearn_steps(m, relearn_from, forget_eval, [3], max_steps=100) for m in (plain, refit)]
+    assert slow[0] is not None and (slow[1] is None or slow[1] > slow[0]), slow
+
+
+def test_row_refit_bad_input_changes_nothing(trained_residual_digits):
+    from lightning_edit.discedit import refit_forget_rows
+
+    module, dm = trained_residual_digits
+    x, y = dm.train_set.x, dm.train_set.y
+    calib = list(zip(x[:256].split(64), y[:256].split(64)))
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="refit_steps must be an integer >= 0"):
+            unlearn(module, calib, [3], refit_steps=bad, inplace=True)
+    only3 = [(a[b == 3], b[b == 3]) for a, b in calib]
+    with pytest.raises(ValueError, match="no remaining-class sample"):
+        refit_forget_rows(module, only3, [3], 10)
+    assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
+    torch.manual_seed(0)
+    convolutional = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 1),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    conv_state = {k: v.clone() for k, v in convolutional.state_dict().items()}
+    with pytest.raises(ValueError, match="not a Linear classifier.*refit_steps=0"):
+        unlearn(convolutional, calib, [3], refit_steps=5, layers=["0"], inplace=True)
+    assert all(torch.equal(conv_state[k], v) for k, v in convolutional.state_dict().items())
+
+
+def test_row_refit_reuses_the_searchs_classifier_inputs(trained_residual_digits):
+    """The search records the masked model's classifier inputs at the chosen ratio; re-fitting on them gives the rows a
+    forward pass of the edited model gives (recalibration_batches forces that pass: the same four batches)."""
+    module, dm = trained_residual_digits
+    x, y = dm.train_set.x, dm.train_set.y
+    calib = list(zip(x[:1024].split(64), y[:1024].split(64)))
+    recorded, _ = unlearn(module, calib, [5], refit_steps=20)
+    forward, _ = unlearn(module, calib, [5], refit_steps=20, recalibration_batches=[b[0] for b in calib[:4]])
+    torch.testing.assert_close(recorded.model.fc.weight, forward.model.fc.weight, rtol=0, atol=1e-5)
+    torch.testing.assert_close(recorded.model.fc.bias, forward.model.fc.bias, rtol=0, atol=1e-5)
+    assert not torch.equal(recorded.model.fc.weight[5], module.model.fc.weight[5])
+
+
+def test_row_refit_needs_one_classifier_input_per_sample(trained):
+    class TokenHead(torch.nn.Module):  # the classifier sees 4 tokens per sample, logits are averaged afterwards
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Linear(16, 8), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.embed(x.reshape(len(x), 4, 16)))).mean(1)
+
+    _, dm, calib = trained
+    model = TokenHead()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"sees inputs of shape \(1, 4, 8\).*refit_steps=0"):
+        unlearn(model, calib, [3], layers=["embed"], refit_steps=5, inplace=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    unlearn(model, calib, [3], layers=["embed"], refit_steps=0)
+
+
+def test_row_refit_is_skipped_where_the_masks_leave_the_class(trained):
+    """Re-fitting the row of a class the masks did not remove would hide it at the output: nothing is re-fitted."""
+    module, dm, calib = trained
+    plain, _ = unlearn(module, calib, [3], ratio=0.02, layers=LATE_LAYERS, refit_steps=0)
+    assert accuracy(plain, dm, [3])[0] > 0.5
+    with pytest.warns(UserWarning, match=r"not re-fitted: that would hide the class at the output"):
+        edited, report = unlearn(module, calib, [3], ratio=0.02, layers=LATE_LAYERS, refit_steps=50)
+    assert report.refit_steps == 0
+    assert torch.equal(edited.model.classifier.weight, plain.model.classifier.weight)
