@@ -315,15 +315,18 @@ def decision_page() -> str:
          f"[results]({'results/' + acc + '.md'})"],
         ["Forget a class (deletion request)", "[DISCEDIT-U](methods/discedit-u.md): "
          "`unlearn(model, batches, forget_classes=[c])` (defaults: ratio searched with BatchNorm statistics "
-         "re-estimated, residual-stream channels masked together; no fine-tuning)",
+         "re-estimated, residual-stream channels masked together, the forget class's classifier row re-fitted as "
+         "retraining would have it; no fine-tuning)",
          f"ResNet-20, classes 1 and 8, 3 seeds: forget accuracy {figure(unl, 'rows', 'forget_acc', scale=100, rows=du)}% "
          f"(retraining {figure(unl, 'rows', 'forget_acc', scale=100, rows=rt)}%), RA "
          f"{figure(unl, 'rows', 'RA', scale=100, rows=du)} points, forget accuracy after 2 more epochs of training "
          f"{figure(unl, 'rows', 'durability', scale=100, rows=du)}% (the paper's procedure "
          f"{figure(unl, 'rows', 'durability', scale=100, rows=paper)}%), MIA efficacy "
          f"{figure(unl, 'rows', 'mia_efficacy', scale=100, rows=du)}% (retraining "
-         f"{figure(unl, 'rows', 'mia_efficacy', scale=100, rows=rt)}%); the edit takes "
-         f"{time_vs_retrain(unl + '_time_1thread', 'DISCEDIT-U')}× retraining's time (one core each)",
+         f"{figure(unl, 'rows', 'mia_efficacy', scale=100, rows=rt)}%), relearning from 32 images "
+         f"{load(unl)['summary']['DISCEDIT-U']['relearn_vs_retrain']}× retraining's steps; the edit takes "
+         f"{time_vs_retrain(unl + '_time_1thread', 'DISCEDIT-U')}× retraining's time (one core each, measured before "
+         "the row re-fit)",
          f"[results]({'results/' + unl + '.md'}), [time]({'results/' + unl + '_time_1thread.md'})"],
         ["Fix a few wrong predictions of a trained model", "[robust editors](methods/robust.md): "
          "`FineTuneEditor(retain=batches, select=held_out)` (its defaults: a constrained edit, no learning rate to "
