@@ -141,8 +141,8 @@ class DiscEditUnlearning(Callback):
             witness with another importance (it would not be read); at setup for
             an unlearning or last fine-tuning epoch at or past ``trainer.max_epochs`` (it would never run; for
             ``"start"`` checked when training starts, after a checkpoint is restored), classes outside the
-            model's outputs or covering all of them, ``refit_steps > 0`` on a model whose last layer is not a
-            Linear, ``privacy_metrics`` without a validation loader or with
+            model's outputs or covering all of them, an explicit ``refit_steps > 0`` on a model whose last layer is
+            not a Linear seeing one input per sample (at the default the re-fit is skipped there), ``privacy_metrics`` without a validation loader or with
             ``evaluate=False``, an empty calibration loader, calibration targets that are
             not class indices, or tuple batches when fine-tuning (they cannot be edited in place: use lists or
             dicts); at the edit, before the model changes, for a forget class absent from the calibration

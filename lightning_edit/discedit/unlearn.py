@@ -620,8 +620,8 @@ def unlearn(
             from ``batches``, a ratio that is neither ``"auto"`` nor in (0, 1), ``forget_target``/``max_ratio``
             with a fixed ratio, a fixed ratio or ``scope="global"`` with ``std_threshold``, a ``witness`` other than
             ``"fisher"`` with another importance, a ``seed`` other than 0 with an importance other than
-            ``"random"``, no layer matching ``layers``, a negative ``refit_steps`` or a classifier that is not a
-            Linear with ``refit_steps > 0``.
+            ``"random"``, no layer matching ``layers``, a negative ``refit_steps``, or an explicit ``refit_steps > 0`` with a
+            classifier that is not a Linear seeing one input per sample (at the default the re-fit is skipped there).
     """
     ratio_used, forget_target, max_ratio = resolve_masking(ratio, std_threshold, forget_target, max_ratio, scope)
     check_random_seed(importance, seed)
@@ -693,12 +693,13 @@ def check_refit_steps(refit_steps: int | None, model: nn.Module | None = None, e
                       ) -> int:
     """``refit_steps`` resolved (None: :data:`DEFAULT_REFIT_STEPS`) and checked before anything changes.
 
-    With ``model`` (and ``example_input``, ``(1, ...)``), ``refit_steps > 0`` also needs a Linear classifier that sees
-    one input per sample (:func:`refit_forget_rows`).
+    With ``model`` (and ``example_input``, ``(1, ...)``), a re-fit also needs a Linear classifier that sees one input
+    per sample (:func:`refit_forget_rows`). At the default (None) a model without one gets 0 steps; an explicit number
+    is an error.
 
     Raises:
-        ValueError: for a negative or non-integer number, or ``refit_steps > 0`` with a ``model`` whose last layer is
-            not a Linear classifier or sees more than one input per sample.
+        ValueError: for a negative or non-integer number, or an explicit ``refit_steps > 0`` with a ``model`` whose last
+            layer is not a Linear classifier or sees more than one input per sample.
     """
     steps = DEFAULT_REFIT_STEPS if refit_steps is None else refit_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -706,14 +707,16 @@ def check_refit_steps(refit_steps: int | None, model: nn.Module | None = None, e
     if steps and model is not None:
         try:
             _, head = output_layer(model)
+            if example_input is not None:
+                shape = _classifier_inputs(model, head, [(example_input, torch.zeros(len(example_input)))])[0][0].shape
+                if len(shape) != 2 or shape[0] != len(example_input):
+                    raise ValueError(f"The classifier {type(head).__name__} sees inputs of shape {tuple(shape)} for "
+                                     f"{len(example_input)} sample(s); re-fitting its rows needs one (D,) input per "
+                                     "sample.")
         except ValueError as err:
+            if refit_steps is None:
+                return 0
             raise ValueError(f"{err} Pass refit_steps=0 to unlearn without re-fitting the classifier rows.") from None
-        if example_input is not None:
-            shape = _classifier_inputs(model, head, [(example_input, torch.zeros(len(example_input)))])[0][0].shape
-            if len(shape) != 2 or shape[0] != len(example_input):
-                raise ValueError(f"The classifier {type(head).__name__} sees inputs of shape {tuple(shape)} for "
-                                 f"{len(example_input)} sample(s); re-fitting its rows needs one (D,) input per sample. "
-                                 "Pass refit_steps=0.")
     return steps
 
 

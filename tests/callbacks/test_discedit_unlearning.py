@@ -216,3 +216,15 @@ def test_forgetting_at_start_lasts_three_epochs_of_remaining_class_training(tmp_
     remaining = list(zip(*[t.split(64) for t in subsample((dm.train_set.x, dm.train_set.y), [3], exclude=True)]))
     later = durability(m.model, remaining, (dm.test_set.x, dm.test_set.y), [3], epochs=3, lr=3e-3)
     assert max(later) <= 0.05, later
+
+
+def test_explicit_refit_on_a_convolutional_classifier_fails_at_setup(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 1),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    m = ClassifierModule(net)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="not a Linear classifier.*refit_steps=0"):
+        make_trainer(tmp_path, [DiscEditUnlearning([3], unlearn_epoch=0, layers=["model.0"], refit_steps=20)],
+                     max_epochs=1).fit(m, datamodule=DigitsDataModule())
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())

@@ -298,6 +298,7 @@ def test_row_refit_bad_input_changes_nothing(trained_residual_digits):
     with pytest.raises(ValueError, match="not a Linear classifier.*refit_steps=0"):
         unlearn(convolutional, calib, [3], refit_steps=5, layers=["0"], inplace=True)
     assert all(torch.equal(conv_state[k], v) for k, v in convolutional.state_dict().items())
+    assert unlearn(convolutional, calib, [3], ratio=0.2, layers=["0"])[1].refit_steps == 0  # the default skips it
 
 
 def test_row_refit_reuses_the_searchs_classifier_inputs(trained_residual_digits):
@@ -328,7 +329,7 @@ def test_row_refit_needs_one_classifier_input_per_sample(trained):
     with pytest.raises(ValueError, match=r"sees inputs of shape \(1, 4, 8\).*refit_steps=0"):
         unlearn(model, calib, [3], layers=["embed"], refit_steps=5, inplace=True)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    unlearn(model, calib, [3], layers=["embed"], refit_steps=0)
+    assert unlearn(model, calib, [3], layers=["embed"])[1].refit_steps == 0  # the default skips it
 
 
 def test_row_refit_is_skipped_where_the_masks_leave_the_class(trained):
