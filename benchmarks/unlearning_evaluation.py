@@ -89,6 +89,14 @@ class ResCNN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.b3(self.b2(self.b1(self.stem(x)))), 1).flatten(1))
 
 
+def untrained_network(arch: str, side: int) -> nn.Module:
+    """A freshly initialised ``arch`` (``resnet20``, ``vgg11`` at ¼ width, or the tests' ``rescnn_digits``) for
+    ``side`` × ``side`` grey images and 10 classes."""
+    if arch == "resnet20":
+        return resnet20(in_channels=1, num_classes=10)
+    return vgg(side) if arch == "vgg11" else ResCNN()
+
+
 def fit(module, x, y, epochs: int, batch_size: int) -> float:
     t0 = time.perf_counter()
     L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -141,11 +149,7 @@ def main() -> None:
     xv, yv = dm.val_set.x, dm.val_set.y
     xs, ys = dm.test_set.x, dm.test_set.y
 
-    def network():
-        if args.arch == "resnet20":
-            return resnet20(in_channels=1, num_classes=10)
-        return vgg(side) if args.arch == "vgg11" else ResCNN()
-
+    network = functools.partial(untrained_network, args.arch, side)
     opt = functools.partial(torch.optim.Adam, lr=2e-3 if not digits else 3e-3)
     ft_opt = functools.partial(torch.optim.Adam, lr=args.ft_lr)
     reused = []

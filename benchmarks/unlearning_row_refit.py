@@ -29,14 +29,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import RESULTS, datamodule, set_threads, vgg, write_results
-from unlearning_evaluation import ResCNN, batches, fit
+from _common import RESULTS, datamodule, set_threads, write_results
+from unlearning_evaluation import batches, fit, untrained_network
 
 from lightning_edit import ClassifierModule
 from lightning_edit.data import DigitsDataModule
 from lightning_edit.discedit import unlearn
 from lightning_edit.discedit.unlearn import refit_forget_rows
-from lightning_edit.models import resnet20
 from lightning_edit.unlearning import forget_remaining_accuracy, relearn_steps, subsample
 
 
@@ -68,11 +67,7 @@ def main() -> None:
     xt, yt = dm.train_set.x, dm.train_set.y
     xv, yv = dm.val_set.x, dm.val_set.y
 
-    def network():
-        if args.arch == "resnet20":
-            return resnet20(in_channels=1, num_classes=10)
-        return vgg(side) if args.arch == "vgg11" else ResCNN()
-
+    network = functools.partial(untrained_network, args.arch, side)
     opt = functools.partial(torch.optim.Adam, lr=3e-3 if digits else 2e-3)
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
