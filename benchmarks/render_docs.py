@@ -325,8 +325,8 @@ def decision_page() -> str:
          f"{figure(unl, 'rows', 'mia_efficacy', scale=100, rows=du)}% (retraining "
          f"{figure(unl, 'rows', 'mia_efficacy', scale=100, rows=rt)}%), relearning from 32 images "
          f"{load(unl)['summary']['DISCEDIT-U']['relearn_vs_retrain']}× retraining's steps; the edit takes "
-         f"{time_vs_retrain(unl + '_time_1thread', 'DISCEDIT-U')}× retraining's time (one core each, measured before "
-         "the row re-fit)",
+         f"{time_vs_retrain(unl + '_time_1thread', 'DISCEDIT-U')}× retraining's time (one thread each, side by side, "
+         "the row re-fit included)",
          f"[results]({'results/' + unl + '.md'}), [time]({'results/' + unl + '_time_1thread.md'})"],
         ["Fix a few wrong predictions of a trained model", "[robust editors](methods/robust.md): "
          "`FineTuneEditor(retain=batches, select=held_out)` (its defaults: a constrained edit, no learning rate to "
