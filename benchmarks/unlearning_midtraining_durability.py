@@ -79,6 +79,8 @@ def main() -> None:
     dm.setup()
     test = (dm.test_set.x, dm.test_set.y)
     optimizer = functools.partial(torch.optim.Adam, lr=3e-3)
+    remaining_batches = {c: list(zip(*[t.split(64) for t in subsample((dm.train_set.x, dm.train_set.y), [c], exclude=True)]))
+                         for c in args.classes}
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -90,8 +92,6 @@ def main() -> None:
                 trainer(args.start_epochs).fit(trained, datamodule=DigitsDataModule())
             for mode in args.modes:
                 for cls in args.classes:
-                    remaining = subsample((dm.train_set.x, dm.train_set.y), [cls], exclude=True)
-                    remaining_batches = list(zip(remaining[0].split(64), remaining[1].split(64)))
                     for target in args.targets:
                         for refit in refits:
                             t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def main() -> None:
                             row["seconds"] = time.perf_counter() - t0
                             if args.durability_epochs > 0:
                                 module.model.eval()
-                                row["durability"] = durability(module.model, remaining_batches, test, [cls],
+                                row["durability"] = durability(module.model, remaining_batches[cls], test, [cls],
                                                                epochs=args.durability_epochs, lr=1e-3)
                             rows.append(row)
                             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

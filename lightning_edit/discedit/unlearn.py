@@ -704,20 +704,29 @@ def check_refit_steps(refit_steps: int | None, model: nn.Module | None = None, e
     steps = DEFAULT_REFIT_STEPS if refit_steps is None else refit_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"refit_steps must be an integer >= 0 (0: leave the classifier rows as trained), got {refit_steps!r}.")
-    if steps and model is not None:
-        try:
-            _, head = output_layer(model)
-            if example_input is not None:
-                shape = _classifier_inputs(model, head, [(example_input, torch.zeros(len(example_input)))])[0][0].shape
-                if len(shape) != 2 or shape[0] != len(example_input):
-                    raise ValueError(f"The classifier {type(head).__name__} sees inputs of shape {tuple(shape)} for "
-                                     f"{len(example_input)} sample(s); re-fitting its rows needs one (D,) input per "
-                                     "sample.")
-        except ValueError as err:
-            if refit_steps is None:
-                return 0
-            raise ValueError(f"{err} Pass refit_steps=0 to unlearn without re-fitting the classifier rows.") from None
-    return steps
+    obstacle = _refit_obstacle(model, example_input) if steps and model is not None else None
+    if obstacle is None:
+        return steps
+    if refit_steps is None:
+        return 0
+    raise ValueError(f"{obstacle} Pass refit_steps=0 to unlearn without re-fitting the classifier rows.")
+
+
+def _refit_obstacle(model: nn.Module, example_input: Tensor | None) -> str | None:
+    """Why ``model``'s classifier rows cannot be re-fitted (no Linear last layer, or not one ``(D,)`` input per
+    sample of ``example_input``), or None. Only the last-layer lookup's error is caught: the model's own errors
+    propagate."""
+    try:
+        _, head = output_layer(model)
+    except ValueError as err:
+        return str(err)
+    if example_input is None:
+        return None
+    shape = _classifier_inputs(model, head, [(example_input, torch.zeros(len(example_input)))])[0][0].shape
+    if len(shape) != 2 or shape[0] != len(example_input):
+        return (f"The classifier {type(head).__name__} sees inputs of shape {tuple(shape)} for {len(example_input)} "
+                "sample(s); re-fitting its rows needs one (D,) input per sample.")
+    return None
 
 
 def refit_skipped_message(forget_classes: Sequence[int], ceiling: float) -> str:
